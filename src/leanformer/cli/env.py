@@ -1,0 +1,71 @@
+"""`leanformer env`: the facts a bug report needs (versions, threads, CPU flags, accelerators)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _cpu_flags() -> list[str]:
+    """SIMD flags that decide which CPU kernels are fast (from /proc/cpuinfo where there is one)."""
+    wanted = ("avx", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "fma", "f16c", "neon", "asimd", "sve")
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    present = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def collect() -> dict:
+    import torch
+
+    from leanformer import __version__
+
+    packages = ("transformers", "accelerate", "safetensors", "numpy", "torchao", "hqq", "apollo-torch", "matplotlib")
+    return {
+        "leanformer": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "torch_cuda_build": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": _cpu_flags(),
+        "packages": {name: _package_version(name) for name in packages},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for key, value in report.items():
+        if key == "packages":
+            for name, ver in value.items():
+                print(f"{name:>18}: {ver or 'not installed'}")
+        else:
+            print(f"{key:>18}: {value}")
+    return 0

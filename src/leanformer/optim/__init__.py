@@ -1,0 +1,1 @@
+"""leanformer.optim."""

@@ -1,0 +1,36 @@
+"""Shared test settings: the one tolerance table, seeds, and helpers every area uses."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# One tolerance table (DESIGN.md, convention 9). A looser tolerance elsewhere must carry a comment saying why.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+}
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def saved_tensor_bytes(fn, *args, **kwargs) -> tuple[object, int]:
+    """Run ``fn`` and count the bytes autograd saves for backward, once per unique storage."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args, **kwargs)
+    return out, sum(seen.values())
