@@ -1,0 +1,138 @@
+"""`leanformer quantize`: quantize a model's weights, save it packed, print size, time and fidelity."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+METHODS = ("rtn", "mse", "squant", "ant", "w8a8")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="minilm", help="'minilm' or a Hugging Face model directory")
+    parser.add_argument("--method", choices=METHODS, default="mse",
+                        help="rtn: round-to-nearest; mse: asymmetric + data-free clip search (default); "
+                             "squant / ant: the papers' rounding / numeric types; w8a8: dynamic int8 activations")
+    parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="weights per scale (32/64/128; 0 = per output channel). Default: 64 for 4 bits, "
+                             "per channel for 8 bits")
+    parser.add_argument("--symmetric", action="store_true", help="symmetric codes (rtn/mse)")
+    parser.add_argument("--budget-mb", type=float, default=None,
+                        help="mixed precision: keep the most sensitive Linears at 8 bits within this many MB of "
+                             "Linear weights (rtn/mse)")
+    parser.add_argument("--embedding-bits", type=int, choices=(0, 4, 8), default=8,
+                        help="quantize embedding tables per row (0 = keep them float)")
+    parser.add_argument("--out", required=True, help="output directory (a new, empty, or leanformer checkpoint dir)")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty foreign directory")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_config(args: argparse.Namespace):
+    from leanformer.cli.main import CLIError
+    from leanformer.quant import ANTConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config, WeightOnlyConfig
+
+    gs = args.group_size
+    if gs is None:
+        gs = 64 if args.bits == 4 else 0
+    gs = None if gs == 0 else gs
+    try:
+        if args.method == "w8a8":
+            if args.bits != 8 or args.budget_mb is not None:
+                raise CLIError("--method w8a8 needs --bits 8 and no --budget-mb")
+            return W8A8Config()
+        if args.method == "squant":
+            cfg = SQuantConfig(bits=args.bits, group_size=gs, symmetric=True)
+        elif args.method == "ant":
+            cfg = ANTConfig(bits=args.bits, group_size=gs)
+        else:
+            mse = args.method == "mse"
+            cfg = WeightOnlyConfig(bits=args.bits, group_size=gs, symmetric=args.symmetric or (not mse and args.bits == 8),
+                                   clip_search=mse, refine_steps=3 if mse else 0)
+        if args.budget_mb is not None:
+            if not isinstance(cfg, WeightOnlyConfig) or args.bits != 4:
+                raise CLIError("--budget-mb works with --method rtn|mse and --bits 4")
+            return MixedPrecisionConfig(low=cfg, budget_mb=args.budget_mb)
+        return cfg
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 1e6
+
+
+def run(args: argparse.Namespace) -> int:
+    from leanformer.cli.main import CLIError
+
+    config = build_config(args)
+    import torch
+
+    from leanformer.models import ModelError, build_model, resolve
+    from leanformer.quant import CheckpointError, EmbeddingConfig, quantize_, save_quantized
+    from leanformer.quant.fidelity import SENTENCES, compare, embed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    try:
+        spec = resolve(args.model)
+        model = build_model(args.model, task="base").eval()
+    except ModelError as exc:
+        raise CLIError(str(exc)) from exc
+    tokenizer = _tokenizer(spec.path)
+    ref = embed(model, tokenizer, SENTENCES) if tokenizer is not None else None
+    start = time.perf_counter()
+    try:
+        report = quantize_(model, config)
+        if args.embedding_bits:
+            report = report.merge(quantize_(model, EmbeddingConfig(bits=args.embedding_bits)))
+    except (ValueError, TypeError, ImportError) as exc:
+        raise CLIError(f"quantization failed: {exc}") from exc
+    seconds = time.perf_counter() - start
+    try:
+        save_quantized(model, out, overwrite=args.overwrite)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from exc
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    linear = [layer for layer in report.layers if layer.kind != "Embedding"]
+    result = {
+        "model": args.model, "method": args.method, "config": config.to_dict(), "out": str(out),
+        "seconds": round(seconds, 3),
+        "linear_mb_before": sum(layer.bytes_before for layer in linear) / 1e6,
+        "linear_mb_after": sum(layer.bytes_after for layer in linear) / 1e6,
+        "weights_file_mb": (out / "model.safetensors").stat().st_size / 1e6,
+        "dir_mb": _dir_mb(out),
+        "bits": {str(b): sum(1 for layer in linear if layer.bits == b) for b in sorted({l.bits for l in linear})},
+    }
+    if ref is not None:
+        result["fidelity"] = compare(ref, embed(model, tokenizer, SENTENCES)).as_dict()
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{report.summary()}")
+    print(f"Linear weights: {result['linear_mb_before']:.2f} MB -> {result['linear_mb_after']:.2f} MB "
+          f"({', '.join(f'{n} x {b}-bit' for b, n in result['bits'].items())})")
+    print(f"saved {out}: model.safetensors {result['weights_file_mb']:.2f} MB, directory {result['dir_mb']:.2f} MB")
+    print(f"quantization time: {seconds:.2f} s")
+    if ref is not None:
+        f = result["fidelity"]
+        print(f"fidelity vs float on {f['n']} built-in sentences: mean cosine {f['mean_cos']:.4f}, "
+              f"worst {f['worst_cos']:.4f}, nearest-neighbour agreement {f['nn_agreement']:.2f}")
+    else:
+        print("fidelity: skipped (no tokenizer in the model directory)")
+    return 0
+
+
+def _tokenizer(path):
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,42 @@
+"""BERT family (BERT, MiniLM, ...): lean self-attention; every leaf (Linear, LayerNorm, GELU, dropout) by type.
+
+``LeanBertSelfAttention.forward`` is transformers 5.x ``BertSelfAttention.forward`` with the attention-interface
+call replaced by the lean kernel. The attention-probability dropout child is kept as is (only its ``p`` is read).
+"""
+from __future__ import annotations
+
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.models.bert.modeling_bert import BertSelfAttention
+
+from leanformer.patch.attention.hf import LeanAttentionMixin
+from leanformer.patch.engine import Rule, clone_as, is_type
+
+
+class LeanBertSelfAttention(LeanAttentionMixin, BertSelfAttention):
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+        if self._wants_stock(kwargs):
+            return BertSelfAttention.forward(self, hidden_states, attention_mask, past_key_values, **kwargs)
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.attention_head_size)
+        q = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)  # (B, h, S, d)
+        k = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
+        v = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
+        if past_key_values is not None:
+            cache = past_key_values
+            if isinstance(cache, EncoderDecoderCache):
+                cache = cache.self_attention_cache
+            k, v = cache.update(k, v, self.layer_idx)
+        out = self._lean_attend(q, k, v, attention_mask, dropout_p=self.dropout.p if self.training else 0.0,
+                                scaling=self.scaling)  # (B, S, h, d)
+        return out.reshape(*input_shape, -1), None
+
+
+def _attention(m, cfg):
+    new = clone_as(LeanBertSelfAttention, m)
+    new.lean_mode = cfg.attention
+    return new
+
+
+def rules() -> list[Rule]:
+    return [Rule("attention", is_type(BertSelfAttention), _attention, lambda c: c.attention != "off",
+                 descend=True, keep=("dropout",))]

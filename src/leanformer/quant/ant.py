@@ -1,0 +1,256 @@
+"""ANT: adaptive numeric type. Per tensor / channel / group, keep the type among int, flint and
+power-of-two (optionally float) that quantizes the weights with the lowest MSE (Guo et al., MICRO 2022).
+
+Source: clevercool/ANT-Quantization ``antquant/quant_modules.py`` (``int_value``, ``flint_value``,
+``pot_value``, ``float_value``, ``search_mse``, ``search_adaptive_numeric_type``), default mode
+``ant-int-flint-pot`` and default search bounds ``--w_low 75 --w_up 150``.
+
+What the official code does, and we keep:
+
+* **Signed grids of 2**bits values**, sorted, with zero repeated as padding when a type has fewer values.
+  - int: -2**(b-1) .. 2**(b-1)-1
+  - flint: ``leanformer.quant.flint``
+  - pot: 0, ±2**0 .. ±2**(2**(b-1)-2)
+  - float: the official ``float_value(eb=3)`` with subnormals; at 4 bits it equals pot.
+* **Scale.** ``scale = alpha / max(grid)``, so the largest grid value lands on ``alpha``.
+  - ``alpha = absmax * a / 100`` for integers ``a`` in [75, 150): per output channel in the official code,
+    per group here when ``group_size`` is set.
+  - Each row/group keeps the ``a`` with the lowest mean squared error (the first one on ties).
+* **Type choice.** A type's score is the sum of those best per-row/group MSEs. The lowest score wins; ties
+  go to the first type listed. Above 6 bits, only int is searched, from ``a = 95``.
+* **Rounding.** Each value goes to the nearest grid value, ties to the larger value (the CUDA scan uses
+  ``<=``). The index is the *last* of equal grid entries, so zero is the padded second zero.
+
+Departures:
+
+* **Exact, fast search.** The official code re-quantizes the tensor 75 times per type. We compute all 75
+  per-row/group errors in one pass: for threshold ``t_j`` between grid magnitudes, element ``u = |w|``
+  rounds past it while ``u / scale_a >= t_j``, i.e. for every ``a <= 100*M*u/(absmax*t_j)``.
+  - A histogram over ``a`` of ``u*dv_j`` and ``d(v^2)_j``, then a suffix sum, gives
+    ``sum(u*v(u))`` and ``sum(v(u)^2)`` for every ``a``.
+  - Hence ``SSE(a) = sum u^2 - 2 s_a sum u v + s_a^2 sum v^2``.
+  - Only exact ties at a midpoint can land on the other side, and both sides have the same error there.
+* **``granularity``.** Besides per tensor, the type can be chosen per output channel or per group (the
+  paper's finer choice). The ``(2**bits,)`` codebook then becomes ``(N, 2**bits)`` or ``(N, G, 2**bits)``.
+* **All-zero rows/groups.** They get ``absmax = 1``; the official code divides by zero there.
+* **Scale rounding.** The scale is rounded to ``scale_dtype`` before the final coding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .flint import flint_table
+from .qweight import QuantizedWeight
+from .rtn import check_weight
+
+__all__ = ["ant_quantize", "ant_search", "ant_grid", "AntChoice", "TYPES", "DEFAULT_TYPES", "GRANULARITIES"]
+
+TYPES = ("int", "flint", "pot", "float")
+DEFAULT_TYPES = ("int", "flint", "pot")  # the official default mode "ant-int-flint-pot"
+GRANULARITIES = ("tensor", "channel", "group")
+SEARCH = (75, 150)  # official --w_low / --w_up (percent of absmax); above 6 bits the low end is 95
+
+
+def _float_values(bits: int) -> list[float]:
+    """Official ``float_value(eb=3)`` for a signed type: 3 exponent bits, subnormals, one zero."""
+    b = bits - 1
+    exp_bits, man_bits = (2, 0) if b == 2 else (3, b - 3)
+    values = [0.0]
+    for i in range(2 ** exp_bits):
+        for j in range(2 ** man_bits):
+            if i == 0 and j == 0:
+                continue
+            v = (2.0 ** i) * (j / 2 ** man_bits) if i == 0 else (2.0 ** (i - 1)) * (1 + j / 2 ** man_bits)
+            values += [v, -v]
+    return values
+
+
+def ant_grid(kind: str, bits: int) -> torch.Tensor:
+    """Sorted (2**bits,) float64 grid of a signed ANT type, zero-padded like the official ``convert_tensor``."""
+    if kind not in TYPES:
+        raise ValueError(f"ANT type must be one of {TYPES}, got {kind!r}")
+    if not isinstance(bits, int) or not 3 <= bits <= 8:
+        raise ValueError(f"ANT bits must be an int in 3..8, got {bits!r}")
+    half = 2 ** (bits - 1)
+    if kind == "int":
+        values = [float(v) for v in range(-half, half)]
+    elif kind == "flint":
+        values = flint_table(bits, signed=True, integer=True).double().tolist()
+    elif kind == "pot":
+        values = [0.0] + [s * 2.0 ** i for i in range(half - 1) for s in (1, -1)]
+    else:
+        if bits - 1 > 3 + 20:  # pragma: no cover - guarded by the bits check
+            raise ValueError("float grid too wide")
+        values = _float_values(bits)
+    values += [0.0] * (2 ** bits - len(values))
+    if len(values) != 2 ** bits:  # pragma: no cover - a construction error, not user input
+        raise AssertionError((kind, bits, len(values)))
+    return torch.tensor(sorted(values), dtype=torch.float64)
+
+
+def _side_tables(grid: torch.Tensor):
+    """Per side (positive, negative): thresholds t_j between magnitudes v_j < v_{j+1}, and the magnitudes."""
+    tables = []
+    for mags in (torch.unique(grid[grid >= 0]), torch.unique(-grid[grid <= 0])):  # sorted, v_0 = 0
+        tables.append(((mags[1:] + mags[:-1]) / 2, mags))
+    return tables  # [(t (J_side,), v (J_side + 1,)) for positive, for negative]
+
+
+def _crossing(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Largest integer a with r >= a*t (exact: a*t is exact for the small dyadic thresholds used here)."""
+    c = torch.floor(r / t)
+    c = torch.where(c * t > r, c - 1, c)
+    return torch.where((c + 1) * t <= r, c + 1, c)
+
+
+def _sse_all_alphas(w: torch.Tensor, grid: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Squared error of every row of ``w`` (R, gs) at every alpha a in [lo, hi) -> (R, hi - lo) float64.
+
+    Element u = |w| sits past threshold t_j at alpha a iff r >= a * t_j with r = 100 * max(grid) * u / absmax.
+    Thresholds passed at a = hi-1 count for every a (a dense sum); the few passed at a = lo but not at
+    hi-1 are events, binned by their last a with one histogram per row, then suffix-summed.
+    """
+    r_rows, gs = w.shape
+    steps = hi - lo
+    top = float(grid.max())
+    u = w.abs().double().flatten()  # (E,) with E = R * gs
+    m = w.abs().amax(-1).double()
+    m = torch.where(m > 0, m, torch.ones_like(m))  # (R,)
+    r = (100.0 * top) * u / m.repeat_interleave(gs)  # (E,)
+    neg = (w < 0).flatten()
+    sides = [tuple(x.to(w.device) for x in tab) for tab in _side_tables(grid)]
+
+    def per_side(fn):
+        pos_val, neg_val = fn(*sides[0]), fn(*sides[1])
+        return torch.where(neg, neg_val, pos_val)
+
+    b_hi = per_side(lambda t, v: torch.bucketize(r, (hi - 1) * t, right=True))  # thresholds passed at a = hi-1
+    b_lo = per_side(lambda t, v: torch.bucketize(r, lo * t, right=True))  # ... and at a = lo (>= b_hi)
+    v_hi = per_side(lambda t, v: v[b_hi.clamp_max(len(v) - 1)])  # (E,) magnitude at a = hi-1
+    row_sum = lambda e: e.view(r_rows, gs).sum(-1)  # noqa: E731  (E,) -> (R,)
+    base1, base2 = row_sum(u * v_hi), row_sum(v_hi * v_hi)
+    hist = torch.zeros(r_rows * (steps + 1), 2, dtype=torch.float64, device=w.device)
+    span = b_lo - b_hi  # (E,) thresholds crossed inside the search range
+    for d in range(int(span.max()) if span.numel() else 0):
+        sel = torch.nonzero(span > d).squeeze(1)  # elements with a (d+1)-th crossing
+        j = b_hi[sel] + d  # index of the threshold crossed
+        side_neg = neg[sel]
+
+        def pick(which: int, idx: torch.Tensor) -> torch.Tensor:  # table lookup on each element's side
+            p, n = sides[0][which], sides[1][which]
+            return torch.where(side_neg, n[idx.clamp_max(len(n) - 1)], p[idx.clamp_max(len(p) - 1)])
+
+        t, v_lo, v_up = pick(0, j), pick(1, j), pick(1, j + 1)  # threshold j lies between v_j and v_{j+1}
+        bucket = (_crossing(r[sel], t) - (lo - 1)).clamp_(0, steps).long() + (sel // gs) * (steps + 1)
+        src = torch.stack([u[sel] * (v_up - v_lo), v_up * v_up - v_lo * v_lo], dim=-1)  # (S, 2)
+        hist.index_add_(0, bucket, src)
+    sums = hist.view(r_rows, steps + 1, 2).flip(1).cumsum(1).flip(1)[:, 1:]  # (R, steps, 2): a = lo .. hi-1
+    alpha_frac = torch.arange(lo, hi, device=w.device, dtype=torch.float64) * 0.01  # (steps,)
+    s = m[:, None] * alpha_frac / top  # (R, steps) scale at each alpha
+    sq = row_sum(u * u)[:, None]
+    s1 = base1[:, None] + sums[..., 0]
+    s2 = base2[:, None] + sums[..., 1]
+    return (sq - 2 * s * s1 + s * s * s2).clamp_min_(0)
+
+
+@dataclass
+class AntChoice:
+    """Result of the search: chosen type per unit, and per type the best alpha and MSE per row/group."""
+    types: tuple[str, ...]  # candidate types, in search order
+    choice: torch.Tensor  # (N, G) long index into ``types`` (constant for per-tensor granularity)
+    alpha: torch.Tensor  # (T, N, G) float64 best alpha per type
+    mse: torch.Tensor  # (T, N, G) float64 best mean squared error per type
+    granularity: str
+
+    def chosen_names(self) -> list[str]:
+        return [self.types[i] for i in self.choice.flatten().tolist()]
+
+
+def ant_search(weight: torch.Tensor, *, bits: int, group_size: int | None = None, granularity: str = "tensor",
+               types: tuple[str, ...] = DEFAULT_TYPES, chunk_elems: int = 1 << 20) -> AntChoice:
+    """The type / alpha search of ``ant_quantize``, exposed for reports."""
+    check_weight(weight, bits, group_size)
+    if not 3 <= bits <= 8:
+        raise ValueError(f"ANT supports bits in 3..8, got {bits}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "group" and group_size is None:
+        raise ValueError("granularity='group' needs a group_size")
+    if not types or any(t not in TYPES for t in types) or len(set(types)) != len(types):
+        raise ValueError(f"types must be distinct names from {TYPES}, got {types!r}")
+    lo, hi = SEARCH
+    if bits > 6:  # the official code falls back to int above 6 bits and narrows the search
+        types, lo = ("int",), 95
+    n, k = weight.shape[0], weight[0].numel()
+    gs = k if group_size is None else group_size
+    w = weight.detach().reshape(-1, gs).float()  # (N*G, gs)
+    rows_per_chunk = max(1, chunk_elems // gs)
+    alphas, mses = [], []
+    for kind in types:
+        grid = ant_grid(kind, bits)
+        best_a, best_mse = [], []
+        for start in range(0, w.shape[0], rows_per_chunk):
+            part = w[start:start + rows_per_chunk]
+            mse = _sse_all_alphas(part, grid, lo, hi) / gs  # (R, steps)
+            value, where = mse.min(-1)  # first minimum, as the official strict '<' update
+            m = part.abs().amax(-1).double()
+            m = torch.where(m > 0, m, torch.ones_like(m))
+            best_a.append(m * ((where + lo).double() * 0.01))
+            best_mse.append(value)
+        alphas.append(torch.cat(best_a).view(n, -1))
+        mses.append(torch.cat(best_mse).view(n, -1))
+    alpha, mse = torch.stack(alphas), torch.stack(mses)  # (T, N, G)
+    if granularity == "tensor":
+        score = mse.sum((1, 2))  # (T,)
+        choice = torch.full(mse.shape[1:], int(torch.argmin(score)), dtype=torch.long, device=mse.device)
+    elif granularity == "channel":
+        choice = torch.argmin(mse.sum(2), 0)[:, None].expand(mse.shape[1:]).contiguous()  # (N, G)
+    else:
+        choice = torch.argmin(mse, 0)  # (N, G)
+    return AntChoice(tuple(types), choice, alpha, mse, granularity)
+
+
+def _nearest_index(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Index into the sorted ``grid`` of the nearest value (ties up; last of equal entries)."""
+    values = torch.unique(grid)  # sorted distinct values
+    mids = ((values[1:] + values[:-1]) / 2).to(y.dtype)
+    last = torch.searchsorted(grid, values, right=True) - 1  # last grid index holding each distinct value
+    return last[torch.bucketize(y, mids, right=True)]
+
+
+def ant_quantize(weight: torch.Tensor, *, bits: int, group_size: int | None = None, granularity: str = "tensor",
+                 types: tuple[str, ...] = DEFAULT_TYPES, scale_dtype: torch.dtype = torch.float16,
+                 choice: AntChoice | None = None) -> QuantizedWeight:
+    """ANT-quantize a Linear (N, K) or conv (O, I, kh, kw) weight: codebook indices, one scale per row/group."""
+    if scale_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"scale_dtype must be float16, bfloat16 or float32, got {scale_dtype}")
+    if choice is None:
+        choice = ant_search(weight, bits=bits, group_size=group_size, granularity=granularity, types=types)
+    n, k = weight.shape[0], weight[0].numel()
+    gs = k if group_size is None else group_size
+    w = weight.detach().reshape(n, k // gs, gs).float()  # (N, G, gs)
+    grids = torch.stack([ant_grid(kind, bits) for kind in choice.types]).to(w.device)  # (T, 2**bits)
+    tops = grids.amax(-1)  # (T,)
+    alpha = choice.alpha.gather(0, choice.choice[None]).squeeze(0)  # (N, G)
+    scale = alpha / tops[choice.choice]  # (N, G) float64
+    if scale_dtype != torch.float32:
+        finfo = torch.finfo(scale_dtype)
+        if float(scale.max()) > finfo.max:
+            raise ValueError(f"weights too large for {scale_dtype} scales; pass scale_dtype=torch.float32")
+        scale = scale.clamp_min(finfo.tiny)
+    scale = scale.to(scale_dtype)
+    y = w / scale.float().unsqueeze(-1)  # (N, G, gs)
+    codes = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
+    for t in torch.unique(choice.choice).tolist():
+        mask = (choice.choice == t).unsqueeze(-1).expand_as(y)
+        codes[mask] = _nearest_index(y[mask], grids[t]).to(torch.uint8)
+    used = torch.unique(choice.choice).tolist()
+    if len(used) == 1:
+        codebook, fmt = grids[used[0]].float(), choice.types[used[0]]
+    else:  # mixed types: one table per row / group (see the module docstring)
+        codebook, fmt = grids[choice.choice].float(), "ant-mixed"  # (N, G, 2**bits)
+        if granularity == "channel" or gs == k:
+            codebook = codebook[:, 0]  # (N, 2**bits)
+    return QuantizedWeight(codes.reshape(weight.shape), scale, None, bits, group_size, codebook, fmt)

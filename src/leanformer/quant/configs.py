@@ -1,0 +1,138 @@
+"""Quantization configs: frozen, validated, versioned dataclasses (``leanformer.config.BaseConfig``).
+
+Each config type has a handler registered in ``api.py`` that turns one float module into a quantized one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from leanformer.config import BaseConfig
+
+__all__ = ["WeightOnlyConfig", "W8A8Config", "EmbeddingConfig", "SQuantConfig", "ANTConfig",
+           "MixedPrecisionConfig", "config_from_dict"]
+
+_SCALE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _check_bits_group(cfg, allowed_bits=range(2, 9)) -> None:
+    if not isinstance(cfg.bits, int) or isinstance(cfg.bits, bool) or cfg.bits not in allowed_bits:
+        cfg._fail("bits", cfg.bits, f"must be one of {list(allowed_bits)}")
+    gs = cfg.group_size
+    if gs is not None and (not isinstance(gs, int) or isinstance(gs, bool) or gs <= 0):
+        cfg._fail("group_size", gs, "must be a positive int or None (per output channel)")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightOnlyConfig(BaseConfig):
+    """Weight-only integer quantization of Linear (and Conv2d) weights; activations stay float.
+
+    bits 4 or 8 (2..8 accepted; <= 4 stored as nibbles). group_size None = per output channel.
+    clip_search: data-free MSE search over clip ranges; refine_steps: least-squares refits (``rtn.py``).
+    """
+
+    bits: int = 4
+    group_size: int | None = 64
+    symmetric: bool = False
+    clip_search: bool = True
+    refine_steps: int = 3
+    scale_dtype: str = "float16"
+
+    def _validate(self) -> None:
+        _check_bits_group(self)
+        if self.scale_dtype not in _SCALE_DTYPES:
+            self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
+        if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
+            self._fail("refine_steps", self.refine_steps, "must be an int >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class W8A8Config(BaseConfig):
+    """Dynamic W8A8: int8 per-channel weights, int8 per-token activations quantized at run time,
+    int8 x int8 -> int32 GEMM (``torch._int_mm``)."""
+
+    clip_search: bool = False
+    scale_dtype: str = "float16"
+
+    def _validate(self) -> None:
+        if self.scale_dtype not in _SCALE_DTYPES:
+            self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig(BaseConfig):
+    """Quantize ``nn.Embedding`` tables per row (group_size None) or per group of a row."""
+
+    bits: int = 8
+    group_size: int | None = None
+    symmetric: bool = True
+    scale_dtype: str = "float16"
+
+    def _validate(self) -> None:
+        _check_bits_group(self)
+        if self.scale_dtype not in _SCALE_DTYPES:
+            self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SQuantConfig(BaseConfig):
+    """SQuant (ICLR 2022) data-free flip rounding; implemented in ``squant.py``."""
+
+    bits: int = 4
+    group_size: int | None = 64
+    symmetric: bool = True
+
+    def _validate(self) -> None:
+        _check_bits_group(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ANTConfig(BaseConfig):
+    """ANT (MICRO 2022) adaptive numeric type (int / flint / power-of-two) per tensor or channel; ``ant.py``."""
+
+    bits: int = 4
+    group_size: int | None = 64
+    granularity: str = "tensor"
+
+    def _validate(self) -> None:
+        _check_bits_group(self)
+        if self.granularity not in ("tensor", "channel"):
+            self._fail("granularity", self.granularity, "must be 'tensor' or 'channel'")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecisionConfig(BaseConfig):
+    """Keep the most sensitive Linears at ``high`` precision, the rest at ``low``, under ``budget_mb`` of
+    Linear weight storage (codes + scales + zeros, in MB = 1e6 bytes). Sensitivity is data-free
+    (``sensitivity.py``)."""
+
+    low: WeightOnlyConfig = WeightOnlyConfig(bits=4, group_size=64)
+    high: WeightOnlyConfig = WeightOnlyConfig(bits=8, group_size=None, symmetric=True, clip_search=False,
+                                              refine_steps=0)
+    budget_mb: float = 8.5
+
+    def _validate(self) -> None:
+        for name in ("low", "high"):
+            if not isinstance(getattr(self, name), WeightOnlyConfig):
+                self._fail(name, getattr(self, name), "must be a WeightOnlyConfig")
+        if not isinstance(self.budget_mb, (int, float)) or self.budget_mb <= 0:
+            self._fail("budget_mb", self.budget_mb, "must be a positive number of megabytes")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MixedPrecisionConfig":
+        data = dict(data)
+        for name in ("low", "high"):
+            if isinstance(data.get(name), dict):
+                data[name] = WeightOnlyConfig.from_dict(data[name])
+        return super().from_dict(data)
+
+
+_ALL = {c.__name__: c for c in (WeightOnlyConfig, W8A8Config, EmbeddingConfig, SQuantConfig, ANTConfig,
+                                MixedPrecisionConfig)}
+
+
+def config_from_dict(data: dict[str, Any]) -> BaseConfig:
+    kind = data.get("type")
+    if kind not in _ALL:
+        raise ValueError(f"unknown quantization config type {kind!r}; known: {sorted(_ALL)}")
+    return _ALL[kind].from_dict(data)

@@ -1,0 +1,167 @@
+"""Kernel paths for quantized Linears and the rule that picks one per call.
+
+Measured on this project's CPUs (research note, "Kernels"; re-measured by ``benchmarks/bench_quant.py``):
+* ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` beat a bf16 GEMM only for few rows
+  and only with bf16 activations (fp32 activations run 30-100x slower), so they serve ``rows <= small_rows``.
+* For more rows, unpacking the codes to bf16 and running one dense oneDNN GEMM is faster.
+* W8A8 modules quantize activations per token and run ``torch._int_mm`` (int8 x int8 -> int32).
+
+Guards found here: ``_weight_int8pack_mm`` returns NaN/inf or crashes when K % 16 != 0, and the int4 CPU
+layout needs N % 16 == 0 and a group size in {32, 64, 128, 256}; other shapes take the dequant path.
+
+The choice is a deterministic function of (module format, rows, device, dtype): the same input in a fresh
+process runs the same kernel, so saved models reproduce outputs exactly. ``KernelPolicy`` holds the knobs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
+           "fast_bf16_cpu", "quantize_per_token"]
+
+
+def fast_bf16_cpu() -> bool:
+    """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX), where bf16 GEMMs win."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+@dataclass
+class KernelPolicy:
+    small_rows: int = 16  # rows <= this use the packed-weight kernels (bf16 activations)
+    compute_dtype: str = "auto"  # "auto" | "float32" | "bfloat16" for the dequant path on fp32 inputs
+    allow_pack_kernels: bool = True
+
+
+_POLICY = KernelPolicy()
+
+
+def get_policy() -> KernelPolicy:
+    return _POLICY
+
+
+def set_policy(**changes) -> KernelPolicy:
+    """Change the global kernel policy (e.g. ``set_policy(small_rows=0)`` to always dequantize)."""
+    for key, value in changes.items():
+        if not hasattr(_POLICY, key):
+            raise ValueError(f"unknown kernel policy field {key!r}")
+        setattr(_POLICY, key, value)
+    if _POLICY.compute_dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be auto, float32 or bfloat16, got {_POLICY.compute_dtype!r}")
+    return _POLICY
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if x.dtype != torch.float32:
+        return x.dtype  # bf16/fp16 inputs: compute in their dtype
+    choice = _POLICY.compute_dtype
+    if choice == "auto":
+        return torch.bfloat16 if (x.device.type == "cpu" and fast_bf16_cpu()) else torch.float32
+    return getattr(torch, choice)
+
+
+def _int8pack_ok(mod) -> bool:
+    return (mod.bits == 8 and mod.zero is None and mod.codebook is None and mod.group_size is None
+            and mod.in_features % 16 == 0)
+
+
+def _int4pack_ok(mod) -> bool:
+    gs = mod.in_features if mod.group_size is None else mod.group_size
+    return (mod.bits == 4 and mod.codebook is None and gs in (32, 64, 128, 256) and mod.out_features % 16 == 0)
+
+
+def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
+    """Name of the kernel in ``KERNELS`` that ``mod`` should run for a (rows, K) input ``x``."""
+    if mod.act_bits == 8:
+        return "w8a8"
+    on_cpu = x.device.type == "cpu"
+    if (on_cpu and _POLICY.allow_pack_kernels and rows <= _POLICY.small_rows and fast_bf16_cpu()
+            and x.dtype in (torch.float32, torch.bfloat16)):
+        if _int8pack_ok(mod):
+            return "int8pack"
+        if _int4pack_ok(mod):
+            return "int4pack"
+    return "dequant"
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+def _epilogue(y: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """Add the (fp32) bias and reach ``out_dtype`` in one pass: bf16 + fp32 promotes to fp32 directly."""
+    if bias is None:
+        return y.to(out_dtype)
+    if out_dtype == torch.float32:
+        return y.add_(bias) if y.dtype == torch.float32 else torch.add(y, bias)
+    return (y + bias.to(y.dtype)).to(out_dtype)
+
+
+def _dequant(mod, x2, bias, out_dtype):
+    dtype = _compute_dtype(x2)
+    w = mod.dequantized_weight(dtype)  # (N, K)
+    return _epilogue(F.linear(x2.to(dtype), w), bias, out_dtype)
+
+
+def _int8pack(mod, x2, bias, out_dtype):
+    scales = mod.kernel_cache("int8pack_scales", lambda: mod.scale.reshape(-1).to(torch.bfloat16))
+    y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), mod.qweight, scales)
+    return _epilogue(y, bias, out_dtype)
+
+
+def _int4pack(mod, x2, bias, out_dtype):
+    gs = mod.in_features if mod.group_size is None else mod.group_size
+    packed, sz = mod.kernel_cache("int4pack", lambda: _build_int4pack(mod))
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, gs, sz)
+    return _epilogue(y, bias, out_dtype)
+
+
+def _build_int4pack(mod):
+    """Repack our nibbles into the CPU int4 layout; scale/zero into its (G, N, 2) bf16 table.
+
+    The kernel computes ``w = (q - 8) * s + m``; ours is ``(q - z) * s`` (asym, q in 0..15) or ``c * s``
+    with ``q = c + 8`` (sym), so ``m = (8 - z) * s`` (z = 8 for symmetric).
+    """
+    q = mod.unpacked_codes().to(torch.int32)  # (N, K)
+    if mod.zero is None:
+        q = q + 8
+        m = torch.zeros_like(mod.scale, dtype=torch.float32)
+    else:
+        m = (8 - mod.zero.float()) * mod.scale.float()  # (N, G)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    sz = torch.stack([mod.scale.float().T, m.T], dim=-1).to(torch.bfloat16).contiguous()  # (G, N, 2)
+    return packed, sz
+
+
+def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> int8 codes (M, K) and fp32 scales (M, 1), symmetric absmax per row."""
+    # one pass for the row absmax (abs().amax() would allocate |x| first)
+    scale = torch.linalg.vector_norm(x2, float("inf"), dim=-1, keepdim=True).float().clamp_min(1e-8) / 127.0
+    # |x / scale| <= 127 by construction, so no clamp is needed before the cast
+    q = (x2.float() / scale).round_().to(torch.int8)
+    return q, scale
+
+
+def _w8a8(mod, x2, bias, out_dtype):
+    xq, xs = quantize_per_token(x2)  # (M, K) int8, (M, 1)
+    wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
+    acc = torch._int_mm(xq, wt)  # (M, N) int32
+    # int32 * fp32 promotes in one pass; then in-place broadcasts (~10x faster than multiplying by the
+    # (M, N) outer product of the two scale vectors, measured)
+    y = torch.mul(acc, xs).mul_(mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1)))
+    return _epilogue(y, bias, out_dtype)
+
+
+KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "w8a8": _w8a8}
+
+
+def run_kernel(name: str, mod, x2: torch.Tensor, bias: torch.Tensor | None = None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(M, K) -> (M, N) plus ``bias``, in ``out_dtype`` (default: the input's dtype)."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; known: {sorted(KERNELS)}")
+    return KERNELS[name](mod, x2, bias, out_dtype or x2.dtype)

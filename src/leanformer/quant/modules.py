@@ -1,0 +1,252 @@
+"""Quantized drop-in modules that store packed codes and really run low-bit.
+
+* ``QuantizedLinear``: packed int4 (two per byte) or int8 codes + fp16 scales (+ zeros / codebook); the
+  forward picks a kernel per call (``kernels.choose_kernel``). ``act_bits=8`` makes it a dynamic W8A8 layer.
+* ``QuantizedConv2d``: same storage over the flattened (I*kh*kw) axis; forward dequantizes (no int conv
+  kernel on CPU worth using) - it exists so SQuant's conv results are real, smaller checkpoints.
+* ``QuantizedEmbedding``: per-row (or per-group) codes; a lookup dequantizes only the gathered rows.
+
+Buffers (``qweight``, ``scale``, ``zero``, ``codebook``, ``bias``) are exactly what goes into safetensors.
+Kernel layouts (int4 CPU tiles, bf16 scale tables) live in a non-persistent cache rebuilt on first use
+and dropped whenever a state dict is loaded.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kernels import choose_kernel, run_kernel
+from .packing import pack_codes, packed_shape, unpack_codes
+from .qweight import QuantizedWeight
+
+__all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "QUANTIZED_MODULES"]
+
+
+class _PackedWeightMixin(nn.Module):
+    """Shared storage for a (N, K) grid of codes with per-group scale/zero or a codebook."""
+
+    def _init_storage(self, n: int, k: int, *, bits: int, group_size: int | None, symmetric: bool,
+                      codebook: bool, scale_dtype: torch.dtype, fmt: str, device=None) -> None:
+        if not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+        if group_size is not None and (group_size <= 0 or k % group_size):
+            raise ValueError(f"group_size={group_size} does not divide in_features={k}")
+        self.bits, self.group_size, self.format = bits, group_size, fmt
+        self._n, self._k = n, k
+        self.signed = symmetric and not codebook
+        groups = 1 if group_size is None else k // group_size
+        store = torch.int8 if (self.signed and bits > 4) else torch.uint8
+        self.register_buffer("qweight", torch.zeros(packed_shape(n, k, bits), dtype=store, device=device))
+        self.register_buffer("scale", torch.ones(n, groups, dtype=scale_dtype, device=device))
+        self.register_buffer("zero", None if symmetric or codebook else
+                             torch.zeros(n, groups, dtype=scale_dtype, device=device))
+        self.register_buffer("codebook", torch.zeros(2 ** bits, device=device) if codebook else None)
+        self._cache: dict = {}
+        self._register_load_state_dict_pre_hook(lambda *a, **k: self._cache.clear())
+
+    # -- storage <-> QuantizedWeight
+    def set_quantized(self, qw: QuantizedWeight) -> None:
+        n, k = self._n, self._k
+        codes = qw.codes.reshape(n, k)
+        if qw.bits != self.bits or qw.group_size != self.group_size:
+            raise ValueError(f"QuantizedWeight (bits={qw.bits}, group_size={qw.group_size}) does not match module "
+                             f"(bits={self.bits}, group_size={self.group_size})")
+        if (qw.zero is None) != (self.zero is None) or (qw.codebook is None) != (self.codebook is None):
+            raise ValueError("QuantizedWeight symmetric/codebook kind does not match the module")
+        self.qweight.copy_(pack_codes(codes, self.bits, signed=self.signed))
+        self.scale.copy_(qw.scale)
+        if self.zero is not None:
+            self.zero.copy_(qw.zero)
+        if self.codebook is not None:
+            self.codebook.copy_(qw.codebook)
+        self._cache.clear()
+
+    def unpacked_codes(self) -> torch.Tensor:
+        return unpack_codes(self.qweight, self._k, self.bits, signed=self.signed)  # (N, K)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.unpacked_codes(), self.scale, self.zero, self.bits, self.group_size,
+                               self.codebook, self.format)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, K) float weight; computed directly in ``dtype`` from the packed codes (the batch path)."""
+        n, k = self._n, self._k
+        gs = k if self.group_size is None else self.group_size
+        codes = self.unpacked_codes()
+        vals = self.codebook.to(dtype)[codes.long()] if self.codebook is not None else codes.to(dtype)
+        vals = vals.view(n, k // gs, gs)  # (N, G, gs), a fresh tensor: safe to update in place
+        if self.zero is not None:
+            vals.sub_(self.zero.to(dtype).unsqueeze(-1))
+        # in-place broadcast ops: ~6x faster than addcmul with broadcast operands on CPU (measured)
+        return vals.mul_(self.scale.to(dtype).unsqueeze(-1)).view(n, k)
+
+    def kernel_cache(self, key: str, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def _storage_extra_repr(self) -> str:
+        kind = "codebook" if self.codebook is not None else ("sym" if self.zero is None else "asym")
+        return f"bits={self.bits}, group_size={self.group_size}, {kind}, format={self.format}"
+
+    def spec(self) -> dict:
+        """Everything needed to rebuild an empty module of the same layout (for serialization)."""
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.zero is None,
+                "codebook": self.codebook is not None, "scale_dtype": str(self.scale.dtype).replace("torch.", ""),
+                "format": self.format}
+
+
+class QuantizedLinear(_PackedWeightMixin):
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, bits: int = 4,
+                 group_size: int | None = None, symmetric: bool = True, codebook: bool = False,
+                 act_bits: int | None = None, scale_dtype: torch.dtype = torch.float16, fmt: str = "int",
+                 device=None) -> None:
+        super().__init__()
+        if act_bits not in (None, 8):
+            raise ValueError(f"act_bits must be None or 8, got {act_bits!r}")
+        if act_bits == 8 and not (bits == 8 and symmetric and group_size is None and not codebook):
+            raise ValueError("W8A8 needs 8-bit symmetric per-channel weights")
+        self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
+        self._init_storage(out_features, in_features, bits=bits, group_size=group_size, symmetric=symmetric,
+                           codebook=codebook, scale_dtype=scale_dtype, fmt=fmt, device=device)
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, qw: QuantizedWeight, *, act_bits: int | None = None) -> "QuantizedLinear":
+        mod = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, bits=qw.bits,
+                  group_size=qw.group_size, symmetric=qw.zero is None, codebook=qw.codebook is not None,
+                  act_bits=act_bits, scale_dtype=qw.scale.dtype, fmt=qw.format, device=linear.weight.device)
+        mod.set_quantized(qw)
+        if linear.bias is not None:
+            mod.bias.copy_(linear.bias.detach().float())
+        return mod
+
+    def spec(self) -> dict:
+        return {**super().spec(), "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "act_bits": self.act_bits}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantizedLinear":
+        return cls(spec["in_features"], spec["out_features"], bias=spec["bias"], bits=spec["bits"],
+                   group_size=spec["group_size"], symmetric=spec["symmetric"], codebook=spec["codebook"],
+                   act_bits=spec["act_bits"], scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
+
+    def forward(self, x: torch.Tensor, *, kernel: str | None = None) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"QuantizedLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
+        x2 = x.reshape(-1, self.in_features)  # (M, K)
+        name = kernel or choose_kernel(self, x2.shape[0], x2)
+        if not x.is_floating_point():
+            raise TypeError(f"QuantizedLinear expects a floating-point input, got {x.dtype}")
+        y = run_kernel(name, self, x2, self.bias, x.dtype)  # (M, N)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        act = ", act_bits=8" if self.act_bits else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._storage_extra_repr()}{act}"
+
+
+class QuantizedConv2d(_PackedWeightMixin):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, bits: int = 4, group_size: int | None = None,
+                 symmetric: bool = True, codebook: bool = False, scale_dtype: torch.dtype = torch.float16,
+                 fmt: str = "int", device=None) -> None:
+        super().__init__()
+        ks = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        k = in_channels // groups * ks[0] * ks[1]
+        self._init_storage(out_channels, k, bits=bits, group_size=group_size, symmetric=symmetric,
+                           codebook=codebook, scale_dtype=scale_dtype, fmt=fmt, device=device)
+        self.register_buffer("bias", torch.zeros(out_channels, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, qw: QuantizedWeight) -> "QuantizedConv2d":
+        if not isinstance(conv.padding, (int, tuple)) or conv.padding_mode != "zeros":
+            raise ValueError("QuantizedConv2d supports numeric padding with padding_mode='zeros' only")
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, bits=qw.bits,
+                  group_size=qw.group_size, symmetric=qw.zero is None, codebook=qw.codebook is not None,
+                  scale_dtype=qw.scale.dtype, fmt=qw.format, device=conv.weight.device)
+        mod.set_quantized(qw)
+        if conv.bias is not None:
+            mod.bias.copy_(conv.bias.detach().float())
+        return mod
+
+    def spec(self) -> dict:
+        return {**super().spec(), "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": _plain(self.stride), "padding": _plain(self.padding),
+                "dilation": _plain(self.dilation), "groups": self.groups, "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantizedConv2d":
+        tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+        return cls(spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]), stride=tup(spec["stride"]),
+                   padding=tup(spec["padding"]), dilation=tup(spec["dilation"]), groups=spec["groups"],
+                   bias=spec["bias"], bits=spec["bits"], group_size=spec["group_size"], symmetric=spec["symmetric"],
+                   codebook=spec["codebook"], scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight(x.dtype).view(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, {self._storage_extra_repr()}"
+
+
+class QuantizedEmbedding(_PackedWeightMixin):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, padding_idx: int | None = None, bits: int = 8,
+                 group_size: int | None = None, symmetric: bool = True, scale_dtype: torch.dtype = torch.float16,
+                 fmt: str = "int", device=None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_storage(num_embeddings, embedding_dim, bits=bits, group_size=group_size, symmetric=symmetric,
+                           codebook=False, scale_dtype=scale_dtype, fmt=fmt, device=device)
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, qw: QuantizedWeight) -> "QuantizedEmbedding":
+        if emb.max_norm is not None or emb.sparse:
+            raise ValueError("QuantizedEmbedding does not support max_norm or sparse embeddings")
+        mod = cls(emb.num_embeddings, emb.embedding_dim, padding_idx=emb.padding_idx, bits=qw.bits,
+                  group_size=qw.group_size, symmetric=qw.zero is None, scale_dtype=qw.scale.dtype, fmt=qw.format,
+                  device=emb.weight.device)
+        mod.set_quantized(qw)
+        return mod
+
+    def spec(self) -> dict:
+        return {**super().spec(), "num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "padding_idx": self.padding_idx}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantizedEmbedding":
+        return cls(spec["num_embeddings"], spec["embedding_dim"], padding_idx=spec["padding_idx"], bits=spec["bits"],
+                   group_size=spec["group_size"], symmetric=spec["symmetric"],
+                   scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        k, gs = self.embedding_dim, self.group_size or self.embedding_dim
+        codes = unpack_codes(self.qweight[flat], k, self.bits, signed=self.signed).float()  # (T, K)
+        vals = codes.view(-1, k // gs, gs)
+        if self.zero is not None:
+            vals = vals - self.zero[flat].float().unsqueeze(-1)
+        out = vals * self.scale[flat].float().unsqueeze(-1)  # (T, G, gs)
+        return out.view(*ids.shape, k)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Dequantized (V, D) table, for code that reads ``embeddings.weight`` (e.g. tied heads)."""
+        return self.dequantized_weight(torch.float32)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self._storage_extra_repr()}"
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+QUANTIZED_MODULES = {"QuantizedLinear": QuantizedLinear, "QuantizedConv2d": QuantizedConv2d,
+                     "QuantizedEmbedding": QuantizedEmbedding}

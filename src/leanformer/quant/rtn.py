@@ -1,0 +1,144 @@
+"""Round-to-nearest weight quantization with a data-free MSE clip search and least-squares refinement.
+
+Sources: plain min/max RTN (as in SQuant's and HQQ's baselines); the clip search is the per-channel/group
+alpha grid of ANT (``[0.75, 1.5) * max`` there; we search shrink factors ``alpha`` in ``[alpha_min, 1]``
+because weights have no outliers worth saturating past their max) and LSQ+'s "MSE init".
+Departure: after the grid search we alternate two closed-form steps (a 1-D Lloyd iteration on a uniform
+grid): refit the affine map ``w ~ s*q + b`` of each group by least squares for the current codes, then
+re-round. Each step can only lower the group's squared error, and we keep a group's new (s, z) only when
+it did. This is data-free and costs a few passes over the weight.
+
+Scales (and zero points) are rounded to ``scale_dtype`` (fp16 by default) BEFORE the final rounding of the
+codes, so the stored triple (codes, scale, zero) is exactly what was optimised.
+"""
+from __future__ import annotations
+
+import torch
+
+from .qweight import QuantizedWeight
+
+__all__ = ["quantize_rtn", "check_weight", "grouped"]
+
+
+def check_weight(weight: torch.Tensor, bits: int, group_size: int | None, *, name: str = "weight") -> None:
+    """Shared input checks for every quantizer: a clear error instead of a silent wrong result."""
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {type(weight).__name__}"
+                        + (f" of {weight.dtype}" if isinstance(weight, torch.Tensor) else ""))
+    if weight.dim() < 2:
+        raise ValueError(f"{name} must be at least 2-D (out, in, ...), got shape {tuple(weight.shape)}")
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    k = weight[0].numel()
+    if group_size is not None and (not isinstance(group_size, int) or group_size <= 0 or k % group_size):
+        raise ValueError(f"group_size={group_size!r} does not divide the {k} input features of {name} "
+                         f"(shape {tuple(weight.shape)})")
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"{name} contains NaN or inf values; cannot quantize")
+
+
+def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """(N, ...) -> fp32 (N, G, gs) view over the flattened input axis."""
+    n = weight.shape[0]
+    w = weight.detach().reshape(n, -1).float()
+    gs = w.shape[1] if group_size is None else group_size
+    return w.view(n, -1, gs)
+
+
+def _affine(lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric scale/zero mapping [lo, hi] (which contains 0) onto codes [0, qmax]."""
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group: any scale works
+    return scale, -lo / scale
+
+
+def _round_params(scale, zero, dtype, qmax):
+    tiny = torch.finfo(dtype).tiny if dtype in (torch.float16, torch.bfloat16) else 1e-30
+    if dtype != torch.float32 and float(scale.max()) > torch.finfo(dtype).max:
+        raise ValueError(f"weights too large for {dtype} scales (max scale {float(scale.max()):.3g}); "
+                         "use scale_dtype=torch.float32")
+    scale = scale.clamp_min(tiny).to(dtype).float()
+    if zero is not None:
+        zero = zero.clamp(-qmax - 1, 2 * qmax + 1).to(dtype).float()
+    return scale, zero
+
+
+def _codes(w, scale, zero, qmin, qmax):
+    """(N, G, gs) codes for given (N, G, 1) scale / zero."""
+    if zero is None:
+        return torch.clamp(torch.round(w / scale), qmin, qmax)
+    return torch.clamp(torch.round(w / scale + zero), qmin, qmax)
+
+
+def _dq(q, scale, zero):
+    return q * scale if zero is None else (q - zero) * scale
+
+
+def _sq_err(w, q, scale, zero):
+    return (w - _dq(q, scale, zero)).pow_(2).sum(-1, keepdim=True)  # (N, G, 1)
+
+
+def _init_params(w, bits, symmetric, alpha):
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        return (w.abs().amax(-1, keepdim=True) * alpha / qmax).clamp_min(1e-12), None
+    lo = w.amin(-1, keepdim=True).clamp_max(0) * alpha
+    hi = w.amax(-1, keepdim=True).clamp_min(0) * alpha
+    return _affine(lo, hi, 2 ** bits - 1)
+
+
+def _refine(w, q, scale, zero):
+    """Least-squares fit of w ~ s*q + b per group for fixed codes q (returns new scale, zero)."""
+    if zero is None:
+        num, den = (q * w).sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True)
+        return torch.where(den > 0, num / den.clamp_min(1e-12), scale), None
+    qm, wm = q.mean(-1, keepdim=True), w.mean(-1, keepdim=True)
+    qc = q - qm
+    var = (qc * qc).sum(-1, keepdim=True)
+    s = (qc * (w - wm)).sum(-1, keepdim=True) / var.clamp_min(1e-12)
+    ok = (var > 0) & (s > 0)
+    s = torch.where(ok, s, scale)
+    b = wm - s * qm
+    return s, torch.where(ok, -b / s, zero)
+
+
+def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = None, symmetric: bool = True,
+                 clip_search: bool = False, alpha_min: float = 0.5, n_grid: int = 26, refine_steps: int = 0,
+                 scale_dtype: torch.dtype = torch.float16) -> QuantizedWeight:
+    """Quantize a (N, K) Linear or (O, I, kh, kw) conv weight; returns codes, scale, zero per group.
+
+    ``clip_search``: try ``n_grid`` shrink factors alpha in [alpha_min, 1] of the group range and keep the
+    one with the lowest squared error per group. ``refine_steps``: alternating least-squares refinements.
+    """
+    check_weight(weight, bits, group_size)
+    if scale_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"scale_dtype must be float16, bfloat16 or float32, got {scale_dtype}")
+    w = grouped(weight, group_size)  # (N, G, gs) fp32
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+
+    def score(scale, zero):
+        scale, zero = _round_params(scale, zero, scale_dtype, qmax)
+        q = _codes(w, scale, zero, qmin, qmax)
+        return _sq_err(w, q, scale, zero), q, scale, zero
+
+    alphas = torch.linspace(1.0, alpha_min, n_grid).tolist() if clip_search else [1.0]
+    best_err, best_q, best_s, best_z = score(*_init_params(w, bits, symmetric, alphas[0]))
+    for alpha in alphas[1:]:
+        err, q, s, z = score(*_init_params(w, bits, symmetric, alpha))
+        better = err < best_err  # (N, G, 1)
+        best_err = torch.where(better, err, best_err)
+        best_q = torch.where(better, q, best_q)
+        best_s = torch.where(better, s, best_s)
+        best_z = None if z is None else torch.where(better, z, best_z)
+    for _ in range(refine_steps):
+        err, q, s, z = score(*_refine(w, best_q, best_s, best_z))
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_q = torch.where(better, q, best_q)
+        best_s = torch.where(better, s, best_s)
+        best_z = None if z is None else torch.where(better, z, best_z)
+    n = weight.shape[0]
+    codes = best_q.reshape(weight.shape).to(torch.int8 if symmetric else torch.uint8)
+    scale = best_s.reshape(n, -1).to(scale_dtype)
+    zero = None if best_z is None else best_z.reshape(n, -1).to(scale_dtype)
+    return QuantizedWeight(codes, scale, zero, bits, group_size, None, "int")

@@ -1,0 +1,172 @@
+"""``save_quantized`` / ``load_quantized``: plain safetensors + versioned JSON, kernel layouts rebuilt at load.
+
+Checkpoint directory:
+    model.safetensors       every tensor of the model's state dict (packed codes, scales, zeros, float rest);
+                            tensors shared by several keys are stored once (aliases listed in the JSON)
+    leanformer_quant.json   {"format": "leanformer.quant", "version": 1, "model": {...}, "modules": {name: spec},
+                            "aliases": {key: stored_key}, "sha256": <of model.safetensors>}
+    config.json             (transformers models) the model config, to rebuild the same class
+
+Loading a transformers model rebuilds it from its config with the class that was saved, swaps in empty
+quantized modules from the JSON specs, then loads the tensors strictly: the result is the same class with
+the same forward. Other models: pass ``model=`` (a freshly built float model of the same architecture).
+Departure from torchao: nothing kernel-specific (tinygemm tiles, opaque int4) is ever stored
+(pytorch/ao#3800).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .modules import QUANTIZED_MODULES
+
+__all__ = ["save_quantized", "load_quantized", "CheckpointError", "FORMAT", "VERSION", "is_checkpoint"]
+
+FORMAT, VERSION = "leanformer.quant", 1
+META, TENSORS = "leanformer_quant.json", "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """The directory is not a (valid, compatible, intact) leanformer quantized checkpoint."""
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_info(model: nn.Module) -> dict:
+    cls = type(model)
+    info = {"class": cls.__name__, "module": cls.__module__, "kind": "torch"}
+    if hasattr(model, "config") and hasattr(model.config, "to_json_string") and cls.__module__.startswith("transformers"):
+        info["kind"] = "transformers"
+    return info
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store each storage once: safetensors refuses shared tensors (safetensors#515)."""
+    out, aliases, seen = {}, {}, {}
+    for key, t in state.items():
+        sig = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and sig in seen:
+            aliases[key] = seen[sig]
+            continue
+        seen[sig] = key
+        out[key] = t.detach().contiguous().cpu()
+    return out, aliases
+
+
+def save_quantized(model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save a (partly) quantized model. Refuses a non-empty directory that is not a leanformer checkpoint
+    unless ``overwrite=True``; an existing leanformer checkpoint there is replaced."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    if directory.is_dir() and any(directory.iterdir()) and not is_checkpoint(directory) and not overwrite:
+        raise CheckpointError(f"{directory} is not empty and is not a leanformer checkpoint; "
+                              "pass overwrite=True (CLI: --overwrite) to write into it")
+    modules = {name: {"type": type(m).__name__, **m.spec()} for name, m in model.named_modules()
+               if type(m).__name__ in QUANTIZED_MODULES and isinstance(m, QUANTIZED_MODULES[type(m).__name__])}
+    if not modules:
+        raise ValueError("model has no quantized modules; run leanformer.quant.quantize_ first")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _dedupe(model.state_dict())
+    tmp = directory / (TENSORS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
+    os.replace(tmp, directory / TENSORS)
+    info = _model_info(model)
+    if info["kind"] == "transformers":
+        model.config.save_pretrained(directory)
+    meta = {"format": FORMAT, "version": VERSION, "model": info, "modules": modules, "aliases": aliases,
+            "sha256": _sha256(directory / TENSORS), "torch": torch.__version__}
+    (directory / (META + ".tmp")).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(directory / (META + ".tmp"), directory / META)
+    return directory
+
+
+def _read_meta(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory")
+    if not is_checkpoint(directory):
+        raise CheckpointError(f"{directory} is not a leanformer quantized checkpoint (no {META})")
+    try:
+        meta = json.loads((directory / META).read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{directory / META} is corrupt (not JSON): {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / META} is not a {FORMAT} metadata file")
+    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+        raise CheckpointError(f"checkpoint version {meta.get('version')!r} is newer than this leanformer reads ({VERSION})")
+    if not (directory / TENSORS).is_file():
+        raise CheckpointError(f"{directory} has no {TENSORS}")
+    return meta
+
+
+def _build_model(directory: Path, meta: dict) -> nn.Module:
+    info = meta["model"]
+    if info.get("kind") != "transformers":
+        raise CheckpointError(f"checkpoint holds a plain torch model ({info.get('module')}.{info.get('class')}); "
+                              "pass model=<a fresh float instance of it> to load_quantized")
+    import transformers
+
+    cls = getattr(transformers, info["class"], None)
+    if cls is None:
+        raise CheckpointError(f"transformers has no class {info['class']!r} (saved with a different version?)")
+    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    return cls(config)
+
+
+def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = None,
+                   device: str | torch.device | None = None, verify: bool = True) -> nn.Module:
+    """Rebuild a model saved by ``save_quantized``; raises ``CheckpointError`` on anything inconsistent."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    if verify and meta.get("sha256") != _sha256(directory / TENSORS):
+        raise CheckpointError(f"{directory / TENSORS} is corrupt or was modified (sha256 mismatch)")
+    try:
+        tensors = load_file(str(directory / TENSORS), device=str(device) if device is not None else "cpu")
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read {directory / TENSORS}: {exc}") from exc
+    if model is None:
+        model = _build_model(directory, meta)
+    elif type(model).__name__ != meta["model"]["class"]:
+        raise CheckpointError(f"checkpoint holds a {meta['model']['class']}, got a {type(model).__name__}")
+    for name, spec in meta["modules"].items():
+        spec = dict(spec)
+        cls = QUANTIZED_MODULES.get(spec.pop("type"))
+        if cls is None:
+            raise CheckpointError(f"unknown quantized module type for {name!r}")
+        try:
+            model.get_submodule(name)
+        except AttributeError as exc:
+            raise CheckpointError(f"checkpoint module {name!r} does not exist in the {type(model).__name__}") from exc
+        model.set_submodule(name, cls.from_spec(spec))
+    for key, target in meta.get("aliases", {}).items():
+        if target not in tensors:
+            raise CheckpointError(f"alias {key!r} -> {target!r} points at a missing tensor")
+        tensors[key] = tensors[target]
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]} ...") from exc
+    if device is not None:
+        model.to(device)
+    return model.eval()
+

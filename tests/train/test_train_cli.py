@@ -1,0 +1,108 @@
+"""`leanformer train` end to end in a subprocess, and its one-line errors on bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leanformer.cli.main import main
+
+TINY_ARGS = ["--layers", "1", "--hidden", "64", "--seq", "32", "--batch", "4"]
+
+
+def test_ten_step_run_end_to_end(tmp_path, text_file, cli):
+    out = tmp_path / "run"
+    proc = cli("train", *TINY_ARGS, "--steps", "10", "--eval-every", "5", "--data", str(text_file),
+               "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["steps"] == 10 and res["recipe"] == "lean"
+    assert [h["step"] for h in res["history"]] == [5, 10]
+    first, last = res["history"][0], res["history"][-1]
+    assert last["val_loss"] < first["val_loss"] < 6.0  # learning: byte-level loss starts near ln(260) = 5.56
+    assert res["tokens_per_s"] > 0
+    # the memory table: lean and stock measured for the same micro-batch, every figure positive
+    mem = res["memory"]
+    assert mem["micro_batch"] == 4 and mem["seq"] == 32
+    for recipe in ("lean", "stock"):
+        assert mem[recipe]["params"] > 0 and mem[recipe]["activations"] > 0
+        assert mem[recipe]["total"] == sum(mem[recipe][k] for k in ("params", "grads", "optimizer_state", "activations"))
+    assert mem["stock"]["optimizer"] == "adamw"
+    # the checkpoint: safetensors weights, weights_only-loadable optimizer and loop state
+    step_dir = out / "step-000010"
+    assert res["checkpoint"] == str(step_dir)
+    weights = load_file(str(step_dir / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    opt = torch.load(step_dir / "optimizer.pt", weights_only=True)
+    assert opt["state"], "optimizer state is empty"
+    trainer = torch.load(step_dir / "trainer.pt", weights_only=True)
+    assert int(trainer["step"]) == 10
+
+
+def test_text_output_has_summary_and_memory_table(text_file, cli):
+    proc = cli("train", *TINY_ARGS, "--steps", "2", "--data", str(text_file), "--recipe", "stock")
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 2 steps of llama-tiny (stock recipe, adamw)" in proc.stdout
+    assert "saved activations" in proc.stdout and "lean/stock" in proc.stdout
+
+
+def test_bad_input_errors_are_one_line_in_a_subprocess(tmp_path, cli):
+    proc = cli("train", *TINY_ARGS, "--data", str(tmp_path / "nope.txt"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("leanformer: error: data path")
+    assert "Traceback" not in proc.stderr
+
+
+def _error(capsys, *argv) -> str:
+    code = main(["train", *TINY_ARGS, "--no-memory-table", "--no-progress", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    return err[-1]
+
+
+def test_missing_and_empty_data(tmp_path, capsys):
+    assert "does not exist" in _error(capsys, "--data", str(tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    assert "is empty" in _error(capsys, "--data", str(empty))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert "no text files" in _error(capsys, "--data", str(folder))
+    short = tmp_path / "short.txt"
+    short.write_text("hello")
+    assert "too few" in _error(capsys, "--data", str(short))
+
+
+def test_sequence_above_model_maximum(capsys):
+    msg = _error(capsys, "--seq", "5000")
+    assert "--seq 5000 exceeds the model's maximum sequence length (1024)" in msg
+
+
+def test_budget_too_small_for_batch_one(text_file, capsys):
+    msg = _error(capsys, "--data", str(text_file), "--memory-budget", "64KiB")
+    assert "too small for batch 1" in msg and "params" in msg
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--memory-budget", "lots"], "cannot read memory size"),
+    (["--batch", "0"], "--batch"),
+    (["--model", "no-such-model"], "unknown model"),
+    (["--micro-batch", "3"], "does not divide"),
+    (["--hidden", "66"], "not a multiple"),
+])
+def test_bad_flags(argv, needle, text_file, capsys):
+    assert needle in _error(capsys, "--data", str(text_file), *argv)
+
+
+def test_resume_from_another_model_is_refused(tmp_path, text_file, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_ARGS, "--steps", "2", "--data", str(text_file), "--out", str(out),
+                 "--no-memory-table", "--no-progress"]) == 0
+    capsys.readouterr()
+    msg = _error(capsys, "--layers", "2", "--data", str(text_file), "--resume", str(out), "--out", str(tmp_path / "b"))
+    assert "holds a checkpoint of another model" in msg
+    # and an output directory that already holds checkpoints is never overwritten by a fresh run
+    assert "already holds checkpoints" in _error(capsys, "--data", str(text_file), "--out", str(out))
+    assert "does not exist" in _error(capsys, "--data", str(text_file), "--resume", str(tmp_path / "nothing"))
