@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TOL
-from tests.optim import _dist_worker as worker
+import _optim_dist_worker as worker
 
 pytestmark = pytest.mark.distributed
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.distributed
 def _run(mode: str, tmp_path: Path) -> list[dict]:
     prefix = tmp_path / mode
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(Path(worker.__file__)), mode, str(prefix)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

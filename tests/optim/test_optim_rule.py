@@ -10,7 +10,7 @@ from conftest import TOL
 from leanformer.optim import APOLLO, APOLLOMini
 from leanformer.optim import functional as F
 from leanformer.optim.projection import SeedChain, next_seed, random_projection
-from tests.optim._reference import RefAPOLLO, ref_projection
+from _optim_reference import RefAPOLLO, ref_projection
 
 # (param shape, rank): tall (right projection), wide (left), square, a single row, 3-D viewed as (2, 12)
 SHAPES = [((13, 7), 3), ((5, 11), 2), ((6, 6), 6), ((1, 9), 1), ((2, 3, 4), 2)]

@@ -106,7 +106,7 @@ def test_profiling_does_not_change_numerics():
     twin = copy.deepcopy(model)
     batch = example_batch(model, 2, 13)
     torch.manual_seed(123)
-    loss = _plain_step(model, batch)
+    _plain_step(model, batch)
     torch.manual_seed(123)
     report = measure_step(twin, batch, loss_fn=lambda out: out.loss)
     assert report.by_kind["dropout_mask"] > 0  # dropout really ran, so the RNG stream matters
@@ -114,8 +114,6 @@ def test_profiling_does_not_change_numerics():
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
             assert torch.equal(p.grad, q.grad), name
-    torch.manual_seed(123)
-    assert torch.equal(loss, twin(**batch).loss.detach()) or True  # grads above are the real check
 
 
 def test_hf_llama_layers_and_kinds_are_consistent():
@@ -124,7 +122,11 @@ def test_hf_llama_layers_and_kinds_are_consistent():
     assert sum(r.by_module.values()) == r.saved_activation_bytes == sum(r.by_kind.values())
     layers = r.repeated_layers()
     assert list(layers) == ["model.layers.0", "model.layers.1"]
-    assert layers["model.layers.0"] == layers["model.layers.1"] > 0  # identical layers save identical bytes
+    # identical layers save identical bytes, except that the RoPE cos/sin tables (1, S, head_dim) are shared by
+    # every layer and counted once, under the first layer that saves them
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    assert layers["model.layers.0"] - layers["model.layers.1"] == 2 * 16 * head_dim * F32
+    assert layers["model.layers.1"] > 0
     for kind in ("matmul_input", "norm", "activation", "softmax_attention", "other"):
         assert r.by_kind[kind] > 0, kind
     assert r.by_kind["dropout_mask"] == 0  # LLaMA has no dropout

@@ -125,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, NotImplementedError) as exc:
             raise CLIError(f"leanformer.patch_ failed on {args.model!r}: {exc}") from exc
         lean = _profile_once(model, batch, args, {**meta, "variant": "lean"})
-        summary = getattr(patch_report, "summary", None)
-        lean.notes.append(f"patched: {summary() if callable(summary) else patch_report}")
+        text = str(patch_report).splitlines() or [""]
+        lean.notes.append(text[0] if len(text) < 2 else f"{text[0]}; {text[-1]}")  # headline + per-technique counts
         reports["lean"] = lean
 
     if args.plot is not None:

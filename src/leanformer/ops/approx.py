@@ -32,15 +32,12 @@ _BISECT_STEPS = 64      # float64 bracket of width <= 32 shrinks below 1e-17
 
 @lru_cache(maxsize=None)
 def gelu_minimum(kind: str) -> float:
-    """x at which the GELU-like ``kind`` has its single minimum (golden-section search in float64)."""
-    f = ACTIVATIONS[kind]
-    lo, hi = -3.0, 0.0
-    r = (math.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(200):
-        a, b = hi - r * (hi - lo), lo + r * (hi - lo)
-        fa, fb = (f(torch.tensor(v, dtype=torch.float64)).item() for v in (a, b))
-        lo, hi = (lo, b) if fa < fb else (a, hi)
-    return (lo + hi) / 2.0
+    """x at which the GELU-like ``kind`` has its single minimum: root of act' on [-3, 0] by float64 bisection."""
+    lo, hi = torch.tensor(-3.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _act_grad(kind, mid) < 0 else (lo, mid)
+    return float((lo + hi) / 2)
 
 
 def _invert(kind: str, y: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .kernels import choose_kernel, run_kernel
 from .packing import pack_codes, packed_shape, unpack_codes
-from .qweight import QuantizedWeight
+from .qweight import QuantizedWeight, lookup
 
 __all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "QUANTIZED_MODULES"]
 
@@ -27,7 +27,9 @@ class _PackedWeightMixin(nn.Module):
     """Shared storage for a (N, K) grid of codes with per-group scale/zero or a codebook."""
 
     def _init_storage(self, n: int, k: int, *, bits: int, group_size: int | None, symmetric: bool,
-                      codebook: bool, scale_dtype: torch.dtype, fmt: str, device=None) -> None:
+                      codebook, scale_dtype: torch.dtype, fmt: str, device=None) -> None:
+        """``codebook``: False, True / "tensor" (one (2**bits,) table), "channel" ((N, 2**bits)) or
+        "group" ((N, G, 2**bits))."""
         if not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
         if group_size is not None and (group_size <= 0 or k % group_size):
@@ -41,7 +43,11 @@ class _PackedWeightMixin(nn.Module):
         self.register_buffer("scale", torch.ones(n, groups, dtype=scale_dtype, device=device))
         self.register_buffer("zero", None if symmetric or codebook else
                              torch.zeros(n, groups, dtype=scale_dtype, device=device))
-        self.register_buffer("codebook", torch.zeros(2 ** bits, device=device) if codebook else None)
+        cb_shape = {True: (2 ** bits,), "tensor": (2 ** bits,), "channel": (n, 2 ** bits),
+                    "group": (n, groups, 2 ** bits)}
+        if codebook and codebook not in cb_shape:
+            raise ValueError(f"codebook must be False, True, 'tensor', 'channel' or 'group', got {codebook!r}")
+        self.register_buffer("codebook", torch.zeros(cb_shape[codebook], device=device) if codebook else None)
         self._cache: dict = {}
         self._register_load_state_dict_pre_hook(lambda *a, **k: self._cache.clear())
 
@@ -66,7 +72,8 @@ class _PackedWeightMixin(nn.Module):
         return unpack_codes(self.qweight, self._k, self.bits, signed=self.signed)  # (N, K)
 
     def quantized_weight(self) -> QuantizedWeight:
-        return QuantizedWeight(self.unpacked_codes(), self.scale, self.zero, self.bits, self.group_size,
+        codes = self.unpacked_codes().view(getattr(self, "weight_shape", (self._n, self._k)))
+        return QuantizedWeight(codes, self.scale, self.zero, self.bits, self.group_size,
                                self.codebook, self.format)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -74,8 +81,10 @@ class _PackedWeightMixin(nn.Module):
         n, k = self._n, self._k
         gs = k if self.group_size is None else self.group_size
         codes = self.unpacked_codes()
-        vals = self.codebook.to(dtype)[codes.long()] if self.codebook is not None else codes.to(dtype)
-        vals = vals.view(n, k // gs, gs)  # (N, G, gs), a fresh tensor: safe to update in place
+        if self.codebook is not None:
+            vals = lookup(self.codebook.to(dtype), codes, n, k // gs)  # (N, G, gs)
+        else:
+            vals = codes.to(dtype).view(n, k // gs, gs)  # (N, G, gs), a fresh tensor: safe to update in place
         if self.zero is not None:
             vals.sub_(self.zero.to(dtype).unsqueeze(-1))
         # in-place broadcast ops: ~6x faster than addcmul with broadcast operands on CPU (measured)
@@ -93,7 +102,7 @@ class _PackedWeightMixin(nn.Module):
     def spec(self) -> dict:
         """Everything needed to rebuild an empty module of the same layout (for serialization)."""
         return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.zero is None,
-                "codebook": self.codebook is not None, "scale_dtype": str(self.scale.dtype).replace("torch.", ""),
+                "codebook": _codebook_kind(self.codebook), "scale_dtype": str(self.scale.dtype).replace("torch.", ""),
                 "format": self.format}
 
 
@@ -115,7 +124,7 @@ class QuantizedLinear(_PackedWeightMixin):
     @classmethod
     def from_float(cls, linear: nn.Linear, qw: QuantizedWeight, *, act_bits: int | None = None) -> "QuantizedLinear":
         mod = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, bits=qw.bits,
-                  group_size=qw.group_size, symmetric=qw.zero is None, codebook=qw.codebook is not None,
+                  group_size=qw.group_size, symmetric=qw.zero is None, codebook=_codebook_kind(qw.codebook),
                   act_bits=act_bits, scale_dtype=qw.scale.dtype, fmt=qw.format, device=linear.weight.device)
         mod.set_quantized(qw)
         if linear.bias is not None:
@@ -157,6 +166,7 @@ class QuantizedConv2d(_PackedWeightMixin):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         k = in_channels // groups * ks[0] * ks[1]
+        self.weight_shape = (out_channels, in_channels // groups, *ks)
         self._init_storage(out_channels, k, bits=bits, group_size=group_size, symmetric=symmetric,
                            codebook=codebook, scale_dtype=scale_dtype, fmt=fmt, device=device)
         self.register_buffer("bias", torch.zeros(out_channels, device=device) if bias else None)
@@ -167,7 +177,7 @@ class QuantizedConv2d(_PackedWeightMixin):
             raise ValueError("QuantizedConv2d supports numeric padding with padding_mode='zeros' only")
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, bits=qw.bits,
-                  group_size=qw.group_size, symmetric=qw.zero is None, codebook=qw.codebook is not None,
+                  group_size=qw.group_size, symmetric=qw.zero is None, codebook=_codebook_kind(qw.codebook),
                   scale_dtype=qw.scale.dtype, fmt=qw.format, device=conv.weight.device)
         mod.set_quantized(qw)
         if conv.bias is not None:
@@ -242,6 +252,12 @@ class QuantizedEmbedding(_PackedWeightMixin):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self._storage_extra_repr()}"
+
+
+def _codebook_kind(codebook: torch.Tensor | None):
+    if codebook is None:
+        return False
+    return {1: "tensor", 2: "channel", 3: "group"}[codebook.dim()]
 
 
 def _plain(v):

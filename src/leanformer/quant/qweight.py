@@ -17,9 +17,10 @@ zero      None (symmetric) or a tensor shaped like ``scale`` holding the zero po
           (fp16/fp32 so a fractional zero from a clip search is representable; integer values are typical).
 bits      2..8.
 group_size  None = one group per output channel (the whole flattened row).
-codebook  None for linear int formats; for non-uniform formats (ANT flint / power-of-two / any table) a
-          ``(2**bits,)`` fp32 tensor of code values: ``w = codebook[codes] * scale`` (``zero`` must be None).
-          Per-tensor ANT granularity still uses a per-row/group ``scale`` (broadcast the same value).
+codebook  None for linear int formats; for non-uniform formats (ANT flint / power-of-two / any table) an
+          fp32 table of code values, ``w = codebook[codes] * scale`` (``zero`` must be None), shaped
+          ``(2**bits,)`` (one table), ``(N, 2**bits)`` (one per output row) or ``(N, G, 2**bits)`` (one per
+          group), the last two for ANT's per-channel / per-group type choice.
 format    free-form name of the numeric type for reports ("int", "flint", "pot", "float", ...).
 
 Dequantization (``dequantize``):
@@ -34,7 +35,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["QuantizedWeight"]
+__all__ = ["QuantizedWeight", "lookup"]
+
+
+def lookup(codebook: torch.Tensor, codes: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Codebook values for (N, K) index codes -> (N, G, gs); codebook (C,), (N, C) or (N, G, C)."""
+    idx = codes.reshape(n, groups, -1).long()  # (N, G, gs)
+    if codebook.dim() == 1:
+        return codebook[idx]
+    table = codebook.reshape(n, -1, codebook.shape[-1]).expand(n, groups, codebook.shape[-1])  # (N, G, C)
+    return torch.gather(table, -1, idx)
 
 
 @dataclass
@@ -84,8 +94,10 @@ class QuantizedWeight:
         if self.zero is not None and self.zero.shape != self.scale.shape:
             raise ValueError(f"QuantizedWeight.zero must have shape {tuple(self.scale.shape)}, got {tuple(self.zero.shape)}")
         if self.codebook is not None:
-            if self.codebook.shape != (2 ** self.bits,):
-                raise ValueError(f"QuantizedWeight.codebook must have shape ({2 ** self.bits},), got {tuple(self.codebook.shape)}")
+            c = 2 ** self.bits
+            if tuple(self.codebook.shape) not in ((c,), (n, c), (n, groups, c)):
+                raise ValueError(f"QuantizedWeight.codebook must have shape ({c},), ({n}, {c}) or ({n}, {groups}, {c}), "
+                                 f"got {tuple(self.codebook.shape)}")
             if self.zero is not None:
                 raise ValueError("QuantizedWeight with a codebook must have zero=None")
             if self.codes.dtype != torch.uint8:
@@ -97,12 +109,11 @@ class QuantizedWeight:
         shape = self.codes.shape
         n, k = shape[0], self.in_features
         codes = self.codes.reshape(n, k)
-        if self.codebook is not None:
-            values = self.codebook.float()[codes.long()]  # (N, K)
-        else:
-            values = codes.float()
         gs = k if self.group_size is None else self.group_size
-        values = values.view(n, k // gs, gs)  # (N, G, gs)
+        if self.codebook is not None:
+            values = lookup(self.codebook.float(), codes, n, k // gs)  # (N, G, gs)
+        else:
+            values = codes.float().view(n, k // gs, gs)  # (N, G, gs)
         if self.zero is not None:
             values = values - self.zero.float().unsqueeze(-1)
         w = values * self.scale.float().unsqueeze(-1)  # (N, G, gs)

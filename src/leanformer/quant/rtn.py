@@ -78,13 +78,18 @@ def _sq_err(w, q, scale, zero):
     return (w - _dq(q, scale, zero)).pow_(2).sum(-1, keepdim=True)  # (N, G, 1)
 
 
-def _init_params(w, bits, symmetric, alpha):
+def _ranges(w, symmetric):
+    """Per-group range computed once: absmax (sym) or (min <= 0, max >= 0) (asym)."""
     if symmetric:
+        return (w.abs().amax(-1, keepdim=True),)
+    return w.amin(-1, keepdim=True).clamp_max(0), w.amax(-1, keepdim=True).clamp_min(0)
+
+
+def _init_params(ranges, bits, alpha):
+    if len(ranges) == 1:
         qmax = 2 ** (bits - 1) - 1
-        return (w.abs().amax(-1, keepdim=True) * alpha / qmax).clamp_min(1e-12), None
-    lo = w.amin(-1, keepdim=True).clamp_max(0) * alpha
-    hi = w.amax(-1, keepdim=True).clamp_min(0) * alpha
-    return _affine(lo, hi, 2 ** bits - 1)
+        return (ranges[0] * alpha / qmax).clamp_min(1e-12), None
+    return _affine(ranges[0] * alpha, ranges[1] * alpha, 2 ** bits - 1)
 
 
 def _refine(w, q, scale, zero):
@@ -116,22 +121,36 @@ def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = No
     w = grouped(weight, group_size)  # (N, G, gs) fp32
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
 
-    def score(scale, zero):
-        scale, zero = _round_params(scale, zero, scale_dtype, qmax)
-        q = _codes(w, scale, zero, qmin, qmax)
-        return _sq_err(w, q, scale, zero), q, scale, zero
+    def params(scale, zero):
+        return _round_params(scale, zero, scale_dtype, qmax)
 
+    def score(scale, zero):  # the same math as _sq_err(w, _codes(...)), in place to spare allocations
+        q = w / scale
+        if zero is not None:
+            q.add_(zero)
+        q.round_().clamp_(qmin, qmax)
+        if zero is not None:
+            q.sub_(zero)
+        return q.mul_(scale).sub_(w).pow_(2).sum(-1, keepdim=True)
+
+    # Grid search tracks only the per-group (scale, zero) and error; codes are recomputed once at the end
+    # (cheaper than carrying the best (N, G, gs) codes through every step).
     alphas = torch.linspace(1.0, alpha_min, n_grid).tolist() if clip_search else [1.0]
-    best_err, best_q, best_s, best_z = score(*_init_params(w, bits, symmetric, alphas[0]))
+    ranges = _ranges(w, symmetric)
+    best_s, best_z = params(*_init_params(ranges, bits, alphas[0]))
+    best_err = score(best_s, best_z) if len(alphas) > 1 or refine_steps else None
     for alpha in alphas[1:]:
-        err, q, s, z = score(*_init_params(w, bits, symmetric, alpha))
+        s, z = params(*_init_params(ranges, bits, alpha))
+        err = score(s, z)
         better = err < best_err  # (N, G, 1)
         best_err = torch.where(better, err, best_err)
-        best_q = torch.where(better, q, best_q)
         best_s = torch.where(better, s, best_s)
         best_z = None if z is None else torch.where(better, z, best_z)
+    best_q = _codes(w, best_s, best_z, qmin, qmax)
     for _ in range(refine_steps):
-        err, q, s, z = score(*_refine(w, best_q, best_s, best_z))
+        s, z = params(*_refine(w, best_q, best_s, best_z))
+        q = _codes(w, s, z, qmin, qmax)
+        err = _sq_err(w, q, s, z)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_q = torch.where(better, q, best_q)

@@ -154,10 +154,15 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
         if cls is None:
             raise CheckpointError(f"unknown quantized module type for {name!r}")
         try:
-            model.get_submodule(name)
+            old = model.get_submodule(name)
         except AttributeError as exc:
             raise CheckpointError(f"checkpoint module {name!r} does not exist in the {type(model).__name__}") from exc
-        model.set_submodule(name, cls.from_spec(spec))
+        new = cls.from_spec(spec)
+        old_shape = _float_shape(old)
+        if old_shape is not None and old_shape != _float_shape(new):
+            raise CheckpointError(f"checkpoint does not match the model: {name!r} is {tuple(old_shape)} in the model "
+                                  f"but {tuple(_float_shape(new))} in the checkpoint")
+        model.set_submodule(name, new)
     for key, target in meta.get("aliases", {}).items():
         if target not in tensors:
             raise CheckpointError(f"alias {key!r} -> {target!r} points at a missing tensor")
@@ -170,3 +175,14 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
         model.to(device)
     return model.eval()
 
+
+
+def _float_shape(module: nn.Module) -> tuple | None:
+    """The float weight shape a module stands for (quantized or not), or None if it has none."""
+    shape = getattr(module, "weight_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    if hasattr(module, "_n") and hasattr(module, "_k"):
+        return (module._n, module._k)
+    weight = getattr(module, "weight", None)
+    return tuple(weight.shape) if isinstance(weight, torch.Tensor) else None

@@ -129,30 +129,29 @@ def plan_batch(local_batch: int, budget: int, measure_fn: Callable[[int], StepMe
         raise BudgetError(f"memory budget {fmt_bytes(budget)} is too small for batch 1: one step needs {one.describe()}")
     cands = divisors(local_batch)
 
-    def predict(b: int) -> float:  # linear in b through the two largest measured points (or from b=1)
-        pts = sorted(results.items())
-        (b0, m0), (b1, m1) = (pts[0], pts[-1]) if len(pts) > 1 else ((0, None), pts[0])
-        base0 = m0.total if m0 else one.total - one.activations
-        slope = (m1.total - base0) / (b1 - b0)
-        return m1.total + slope * (b - b1)
+    def predict(b: int) -> float:  # linear in b, through the batch-1 point and the largest measured fit
+        fitting = sorted(k for k, m in results.items() if m.total <= budget)
+        b1 = fitting[-1]
+        if b1 == 1:  # only batch 1 known: activations are the part that grows
+            return one.total + one.activations * (b - 1)
+        slope = (results[b1].total - one.total) / (b1 - 1)
+        return results[b1].total + slope * (b - b1)
+
+    def plausible(b: int) -> bool:  # memory grows with the batch: nothing at or above a failure can fit
+        failed = [k for k, m in results.items() if m.total > budget]
+        return predict(b) <= budget and (not failed or b < min(failed))
 
     def fits(b: int) -> bool:
         if b not in results:
             results[b] = measure_fn(b)
         return results[b].total <= budget
 
-    def plausible(b: int) -> bool:  # the line accepts it and no measurement rejected it
-        return predict(b) <= budget and (b not in results or results[b].total <= budget)
-
     best = 1
     guess = max([b for b in cands if plausible(b)], default=1)
     while guess > best and len(results) < max_measurements:
         if fits(guess):
             best = guess
-            bigger = [b for b in cands if b > best and plausible(b)]
-            guess = bigger[0] if bigger else best
-        else:  # over budget: the largest smaller candidate the updated line still accepts
-            smaller = [b for b in cands if best <= b < guess and plausible(b)]
-            guess = smaller[-1] if smaller else best
+        candidates = [b for b in cands if b > best and plausible(b)]
+        guess = candidates[-1] if candidates else best
     tried = sorted((b, m.total) for b, m in results.items())
     return Plan(budget, local_batch, best, results[best], tried)

@@ -30,76 +30,97 @@ def _rows_per_chunk(heads: int, sq: int, sk: int) -> int:
     return max(1, min(sq, _CHUNK_ELEMS // max(1, heads * sk)))
 
 
-def _mask_5d(mask: torch.Tensor | None, hkv: int, rep: int) -> torch.Tensor | None:
-    """HF masks are (B or 1, 1 or h, Sq, Sk): bool (True = attend) or additive float. -> 5D broadcastable."""
+def _mask_4d(mask: torch.Tensor | None, heads: int) -> torch.Tensor | None:
+    """Check an HF mask: (B or 1, 1 or h, Sq, Sk), bool (True = attend) or additive float."""
     if mask is None:
         return None
-    if mask.dim() != 4:
-        raise ValueError(f"attention mask must be 4-D (B, 1|h, Sq, Sk), got shape {tuple(mask.shape)}")
-    if mask.shape[1] == 1:
-        return mask.unsqueeze(2)  # (Bm, 1, 1, Sq, Sk)
-    if mask.shape[1] == hkv * rep:
-        return mask.unflatten(1, (hkv, rep))  # (Bm, hkv, rep, Sq, Sk)
-    raise ValueError(f"attention mask has {mask.shape[1]} heads, expected 1 or {hkv * rep}")
+    if mask.dim() != 4 or mask.shape[1] not in (1, heads):
+        raise ValueError(f"attention mask must be (B|1, 1|{heads}, Sq, Sk), got shape {tuple(mask.shape)}")
+    return mask
 
 
-def _scores(q5, k5, mask5, b, r0, r1, scale, is_causal, sk):
-    """Masked, scaled scores of batch ``b``, query rows [r0, r1): (hkv, rep, R, Sk) in fp32."""
-    s = torch.matmul(q5[b, :, :, r0:r1], k5[b].transpose(-1, -2)).float() * scale  # (hkv, rep, R, Sk)
-    if mask5 is not None:
-        m = mask5[b if mask5.shape[0] > 1 else 0, :, :, r0:r1]
-        if m.dtype == torch.bool:
-            # finfo.min rather than -inf: a fully masked row stays finite (uniform), like HF's eager mask
-            s = s.masked_fill(~m, torch.finfo(s.dtype).min)
-        else:
-            s = s + m.float()
-    if is_causal:
-        rows = torch.arange(r0, r1, device=s.device)[:, None]
-        cols = torch.arange(sk, device=s.device)[None, :]
-        s = s.masked_fill(cols > rows, torch.finfo(s.dtype).min)  # upper-left aligned, as SDPA
-    return s
+class _Chunk:
+    """Index helper for one (batch b, query rows [r0, r1)) block; heads are grouped (h_kv, rep) for GQA."""
+
+    def __init__(self, q, k, v, mask, scale, is_causal, b, r0, r1):
+        self.hkv, self.rep = k.shape[1], q.shape[1] // k.shape[1]
+        self.b, self.r0, self.r1, self.scale = b, r0, r1, scale
+        self.q3 = q[b, :, r0:r1].unflatten(0, (self.hkv, self.rep)).flatten(1, 2)  # (hkv, rep*R, d)
+        self.k3, self.v3 = k[b], v[b]  # (hkv, Sk, d)
+        self.mask, self.is_causal = mask, is_causal
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """(hkv, rep*R, X) -> (h, R, X) view, matching (B, h, Sq, X) head order."""
+        return t.unflatten(1, (self.rep, -1)).flatten(0, 1)
+
+    def grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """(h, R, X) -> (hkv, rep*R, X): the inverse of ``rows``."""
+        return t.unflatten(0, (self.hkv, -1)).flatten(1, 2)
+
+    def scores(self) -> torch.Tensor:
+        """Scaled, masked scores (hkv, rep*R, Sk) in fp32 (one GEMM with the scale fused in)."""
+        zero = self.q3.new_zeros(())
+        s = torch.baddbmm(zero.expand(1, 1, 1), self.q3, self.k3.transpose(-1, -2), beta=0.0, alpha=self.scale)
+        s = s.float()
+        s4 = self.rows(s)  # (h, R, Sk) view
+        if self.mask is not None:
+            m = self.mask[self.b if self.mask.shape[0] > 1 else 0, :, self.r0:self.r1]  # (1|h, R, Sk)
+            if m.dtype == torch.bool:
+                # finfo.min rather than -inf: a fully masked row stays finite (uniform), like HF's eager mask
+                s4.masked_fill_(~m, torch.finfo(s.dtype).min)
+            else:
+                s4.add_(m)
+        if self.is_causal:
+            rows = torch.arange(self.r0, self.r1, device=s.device)[:, None]
+            cols = torch.arange(s.shape[-1], device=s.device)[None, :]
+            s4.masked_fill_(cols > rows, torch.finfo(s.dtype).min)  # upper-left aligned, as SDPA
+        return s
+
+
+def _keep_scale(keep: torch.Tensor, p: float) -> torch.Tensor:
+    """Stock CPU dropout's multiplier, ``noise.div_(1 - p)``: 0 or fp32(1 / (1 - p)), computed the same way so
+    x * scale is bit-identical to stock."""
+    return keep.to(torch.float32).div_(1.0 - p)
 
 
 class _LeanAttentionFunction(torch.autograd.Function):
-    """softmax(Q K^T * scale + mask) -> dropout -> @ V, saving Q, K, V, O, logsumexp (and P if keep_probs)."""
+    """softmax(Q K^T * scale + mask) -> dropout -> @ V, saving Q, K, V, O, logsumexp (or P if keep_probs)."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, p, scale, is_causal, keep_probs):
         # q: (B, h, Sq, d); k, v: (B, hkv, Sk, d); mask: None | (B|1, 1|h, Sq, Sk)
-        bsz, heads, sq, dim = q.shape
+        bsz, heads, sq, _ = q.shape
         hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
-        rep = heads // hkv
         with torch.autocast(q.device.type, enabled=False):
-            q5, k5, v5 = q.unflatten(1, (hkv, rep)), k.unsqueeze(2), v.unsqueeze(2)  # 5-D views
-            mask5 = _mask_5d(mask, hkv, rep)
-            keep_bits = keep = None
+            keep = keep_bits = None
             if p > 0.0:
-                # same RNG stream and shape as stock F.dropout on P: identical masks under the same seed
+                # same RNG call and shape as stock F.dropout on P (CPU): identical masks under the same seed
                 keep = torch.empty((bsz, heads, sq, sk), dtype=torch.bool, device=q.device).bernoulli_(1.0 - p)
-                keep_bits = pack_rows(keep)  # (B, h, Sq, ceil(Sk/8)) uint8; the bool mask is freed after forward
+                keep_bits = pack_rows(keep)  # (B, h, Sq, ceil(Sk/8)) uint8; the bool mask dies with forward
             out = torch.empty((bsz, sq, heads, dv), dtype=v.dtype, device=q.device)  # (B, Sq, h, dv)
-            out5 = out.view(bsz, sq, hkv, rep, dv).permute(0, 2, 3, 1, 4)  # (B, hkv, rep, Sq, dv) view
-            lse = torch.empty((bsz, hkv, rep, sq), dtype=torch.float32, device=q.device)
-            probs = torch.empty((bsz, hkv, rep, sq, sk), dtype=torch.float32, device=q.device) if keep_probs else None
+            lse = torch.empty((bsz, heads, sq), dtype=torch.float32, device=q.device)
+            probs = torch.empty((bsz, heads, sq, sk), dtype=torch.float32, device=q.device) if keep_probs else None
             step = _rows_per_chunk(heads, sq, sk)
             for b in range(bsz):
                 for r0 in range(0, sq, step):
-                    r1 = min(sq, r0 + step)
-                    pr = _scores(q5, k5, mask5, b, r0, r1, scale, is_causal, sk)  # (hkv, rep, R, Sk)
-                    mx = pr.amax(-1, keepdim=True)
-                    total = pr.sub_(mx).exp_().sum(-1, keepdim=True)
-                    pr.div_(total)  # softmax, as stock computes it: exp(s - max) / sum
-                    lse[b, :, :, r0:r1] = (mx + total.log()).squeeze(-1)
+                    c = _Chunk(q, k, v, mask, scale, is_causal, b, r0, min(sq, r0 + step))
+                    s = c.scores()  # (hkv, rep*R, Sk)
+                    mx = s.amax(-1)
+                    pr = torch.softmax(s, -1)
+                    del s
+                    # the row max of P is exp(0) / sum = 1 / sum, so lse = max + log(sum) = max - log(max P)
+                    lse[b, :, c.r0:c.r1] = c.rows((mx - pr.amax(-1).log()).unsqueeze(-1)).squeeze(-1)
                     if probs is not None:
-                        probs[b, :, :, r0:r1] = pr
+                        probs[b, :, c.r0:c.r1] = c.rows(pr)
                     if keep is not None:
-                        pr = _dropped(pr, keep[b, :, r0:r1].unflatten(0, (hkv, rep)), p, inplace=probs is None)
-                    out5[b, :, :, r0:r1] = torch.matmul(pr.to(v.dtype), v5[b])
+                        ks = _keep_scale(c.grouped(keep[b, :, c.r0:c.r1]), p)  # (hkv, rep*R, Sk)
+                        pr = pr.mul_(ks) if probs is None else pr * ks
+                    o = torch.bmm(pr.to(v.dtype), c.v3)  # (hkv, rep*R, dv)
+                    out[b, c.r0:c.r1] = c.rows(o).transpose(0, 1)
             del keep
-        saved = [q, k, v, out, probs if keep_probs else lse]
-        saved.append(keep_bits if keep_bits is not None else q.new_empty(0))
-        saved.append(mask if mask is not None else q.new_empty(0))
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(q, k, v, out, probs if keep_probs else lse,
+                              keep_bits if keep_bits is not None else q.new_empty(0),
+                              mask if mask is not None else q.new_empty(0))
         ctx.cfg = (p, scale, is_causal, keep_probs, mask is not None, keep_bits is not None)
         return out.transpose(1, 2)  # (B, h, Sq, dv) view of a (B, Sq, h, dv) buffer
 
@@ -109,47 +130,33 @@ class _LeanAttentionFunction(torch.autograd.Function):
         p, scale, is_causal, keep_probs, has_mask, has_drop = ctx.cfg
         bsz, heads, sq, _ = q.shape
         hkv, sk = k.shape[1], k.shape[2]
-        rep = heads // hkv
+        mask = mask if has_mask else None
         with torch.autocast(q.device.type, enabled=False):
-            q5, k5, v5 = q.unflatten(1, (hkv, rep)), k.unsqueeze(2), v.unsqueeze(2)
-            mask5 = _mask_5d(mask, hkv, rep) if has_mask else None
-            go5 = grad_out.unflatten(1, (hkv, rep))  # (B, hkv, rep, Sq, dv)
-            out5 = out.view(bsz, sq, hkv, rep, -1).permute(0, 2, 3, 1, 4)  # (B, hkv, rep, Sq, dv)
-            dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-            dq5 = dq.unflatten(1, (hkv, rep))
-            dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)  # accumulated over row chunks
-            dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            # accumulated over row chunks, in the input dtype as stock bmm backward does
+            dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+            dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
             step = _rows_per_chunk(heads, sq, sk)
             for b in range(bsz):
                 for r0 in range(0, sq, step):
-                    r1 = min(sq, r0 + step)
+                    c = _Chunk(q, k, v, mask, scale, is_causal, b, r0, min(sq, r0 + step))
                     if keep_probs:
-                        pr = stat[b, :, :, r0:r1]
+                        pr = c.grouped(stat[b, :, c.r0:c.r1])
                     else:
-                        pr = _scores(q5, k5, mask5, b, r0, r1, scale, is_causal, sk)
-                        pr = pr.sub_(stat[b, :, :, r0:r1].unsqueeze(-1)).exp_()  # P: (hkv, rep, R, Sk)
-                    go = go5[b, :, :, r0:r1]  # (hkv, rep, R, dv)
-                    dpr = torch.matmul(go, v5[b].transpose(-1, -2)).float()  # d(dropped P)
+                        pr = c.scores().sub_(c.grouped(stat[b, :, c.r0:c.r1].unsqueeze(-1))).exp_()  # P
+                    go = c.grouped(grad_out[b, :, c.r0:c.r1])  # (hkv, rep*R, dv)
+                    dpr = torch.bmm(go, c.v3.transpose(-1, -2)).float()  # d(dropped P): (hkv, rep*R, Sk)
                     if has_drop:
-                        keep = unpack_rows(keep_bits[b, :, r0:r1], sk).unflatten(0, (hkv, rep))
-                        pd, dpr = _dropped(pr, keep, p, inplace=False), _dropped(dpr, keep, p, inplace=True)
+                        ks = _keep_scale(c.grouped(unpack_rows(keep_bits[b, :, c.r0:c.r1], sk)), p)
+                        pd = pr * ks
+                        dpr.mul_(ks)
                     else:
                         pd = pr
-                    dv[b] += torch.matmul(pd.to(go.dtype).transpose(-1, -2), go).float().sum(1)
-                    # softmax backward; rowsum(P * dP) = rowsum(dO * O) (FlashAttention's D), an R x d product
-                    dsum = (go.float() * out5[b, :, :, r0:r1].float()).sum(-1, keepdim=True)  # (hkv, rep, R, 1)
-                    ds = dpr.sub_(dsum).mul_(pr).mul_(scale).to(q.dtype)
-                    dq5[b, :, :, r0:r1] = torch.matmul(ds, k5[b])
-                    dk[b] += torch.matmul(ds.transpose(-1, -2), q5[b, :, :, r0:r1]).float().sum(1)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
-
-
-def _dropped(x, keep, p, inplace):
-    """Stock dropout arithmetic, x * (mask / (1 - p)), as where(keep, x * (1 / (1 - p)), 0): the same values
-    bit for bit (the kept factor is the fp32 result of 1 / (1 - p) either way)."""
-    factor = torch.ones((), dtype=torch.float32, device=x.device).div_(1.0 - p)
-    x = x.mul_(factor) if inplace else x * factor
-    return x.masked_fill_(~keep, 0.0)
+                    dv[b].baddbmm_(pd.to(go.dtype).transpose(-1, -2), go)
+                    ds = torch._softmax_backward_data(dpr, pr, -1, pr.dtype).to(q.dtype)  # P * (dP - rowsum(P dP))
+                    dq[b, :, c.r0:c.r1] = c.rows(torch.bmm(ds, c.k3).mul_(scale))
+                    dk[b].baddbmm_(ds.transpose(-1, -2), c.q3, alpha=scale)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def lean_attention(q, k, v, mask=None, *, dropout_p=0.0, scale=None, is_causal=False, mode="flash"):

@@ -1,6 +1,6 @@
 """torchrun worker for test_optim_dist.py: trains a tiny model with APOLLO under DDP or FSDP2 (gloo, CPU).
 
-Usage: torchrun --nproc_per_node 2 tests/optim/_dist_worker.py {ddp|fsdp} OUT_PREFIX
+Usage: torchrun --nproc_per_node 2 tests/optim/_optim_dist_worker.py {ddp|fsdp} OUT_PREFIX
 Writes OUT_PREFIX.<rank>.pt: {config name: {param name: full tensor}}. ``train(None, ...)`` is the
 single-process run the test compares against.
 """

@@ -1,4 +1,4 @@
-"""Shared helpers for the train tests: a tiny model config and a subprocess runner."""
+"""Shared helpers for the train tests (fixtures imported by each test file): tiny config, text file, subprocess runner."""
 from __future__ import annotations
 
 import os

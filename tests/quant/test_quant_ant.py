@@ -1,0 +1,115 @@
+"""ANT: grids as the official code builds them, fast search == per-alpha loop, type choice, bad input."""
+import pytest
+import torch
+
+from leanformer.quant.ant import ant_grid, ant_quantize, ant_search
+from leanformer.reference.ant import ant_reference
+
+
+def test_grids_4bit():
+    assert ant_grid("int", 4).tolist() == list(range(-8, 8))
+    mags = [0, 1, 2, 3, 4, 6, 8, 16]  # flint {0, 1/4, ..., 4} in integer form (x4)
+    assert ant_grid("flint", 4).tolist() == sorted([-m for m in mags[1:]] + mags + [0])
+    pot = [0] + [2 ** i for i in range(7)]
+    assert ant_grid("pot", 4).tolist() == sorted([-p for p in pot[1:]] + pot + [0])
+    assert torch.equal(ant_grid("float", 4), ant_grid("pot", 4))  # E3M0 == power of two at 4 bits
+    for kind in ("int", "flint", "pot", "float"):
+        for bits in (3, 5, 6):
+            assert ant_grid(kind, bits).numel() == 2 ** bits
+
+
+def _unpack(choice):
+    return choice.chosen_names()
+
+
+@pytest.mark.parametrize("shape,group,gran", [
+    ((5, 13), None, "tensor"),      # prime K, per-channel alpha
+    ((4, 24), 8, "tensor"),
+    ((4, 24), 8, "channel"),
+    ((4, 24), 8, "group"),
+    ((3, 2, 3, 3), None, "tensor"),  # conv weight
+    ((1, 9), None, "channel"),       # a single row
+])
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+def test_matches_reference(shape, group, gran, dist):
+    w = torch.randn(shape) if dist == "normal" else torch.distributions.Laplace(0.0, 1.0).sample(shape)
+    choice = ant_search(w, bits=4, group_size=group, granularity=gran)
+    codes, scale, chosen = ant_reference(w, bits=4, group_size=group, granularity=gran)
+    assert _unpack(choice) == [t for row in chosen for t in row]
+    qw = ant_quantize(w, bits=4, group_size=group, granularity=gran, choice=choice)
+    assert torch.equal(qw.codes, codes) and torch.equal(qw.scale, scale)
+    # Mixed types use one codebook per row / group; dequantize must pick each unit's own table.
+    n, gs = w.shape[0], w[0].numel() if group is None else group
+    manual = torch.stack([torch.stack([
+        ant_grid(chosen[r][g], 4).float()[codes.view(n, -1, gs)[r, g].long()] * scale[r, g].float()
+        for g in range(len(chosen[r]))]) for r in range(n)])
+    torch.testing.assert_close(qw.dequantize(), manual.view(w.shape), rtol=0, atol=0)
+
+
+def test_search_mse_is_the_direct_mse():
+    """The histogram MSE at the chosen alpha equals re-quantizing at that alpha (fp32 scale)."""
+    w = torch.randn(6, 64)
+    choice = ant_search(w, bits=4, group_size=32)
+    qw = ant_quantize(w, bits=4, group_size=32, choice=choice, scale_dtype=torch.float32)
+    direct = (qw.dequantize() - w).pow(2).view(6, 2, 32).mean(-1).double()
+    t = int(choice.choice[0, 0])
+    torch.testing.assert_close(direct, choice.mse[t], rtol=1e-4, atol=1e-9)  # fp32 dequant vs fp64 search
+    ratio = choice.alpha[t] / w.view(6, 2, 32).abs().amax(-1).double()
+    assert bool(((ratio >= 0.75 - 1e-12) & (ratio < 1.5)).all())
+
+
+@pytest.mark.parametrize("dist,allowed", [
+    ("uniform", {"int"}),
+    ("laplace", {"flint", "pot"}),
+    ("student2", {"flint", "pot"}),
+    ("powers", {"pot"}),
+])
+def test_picks_the_right_type(dist, allowed):
+    torch.manual_seed(3)
+    shape = (64, 256)
+    if dist == "uniform":
+        w = torch.rand(shape) * 2 - 1
+    elif dist == "laplace":
+        w = torch.distributions.Laplace(0.0, 1.0).sample(shape)
+    elif dist == "student2":
+        w = torch.distributions.StudentT(2.0).sample(shape)
+    else:  # magnitudes that are powers of two over 7 octaves: exactly a power-of-two grid
+        w = torch.exp2(-torch.randint(0, 7, shape).float()) * torch.sign(torch.randn(shape))
+    qw = ant_quantize(w, bits=4)
+    assert qw.format in allowed, qw.format
+    # and the chosen type really has the lowest error among the candidates
+    choice = ant_search(w, bits=4)
+    assert int(choice.choice[0, 0]) == int(torch.argmin(choice.mse.sum((1, 2))))
+
+
+def test_dequantize_uses_codebook():
+    w = torch.randn(8, 32)
+    qw = ant_quantize(w, bits=4, group_size=16)
+    assert qw.codebook is not None and qw.codes.dtype == torch.uint8 and qw.zero is None
+    manual = qw.codebook[qw.codes.long()].view(8, 2, 16) * qw.scale.float().unsqueeze(-1)
+    torch.testing.assert_close(qw.dequantize(), manual.view(8, 32), rtol=0, atol=0)
+    sqnr = 10 * torch.log10(w.pow(2).sum() / (w - qw.dequantize()).pow(2).sum())
+    assert sqnr > 15  # 4-bit on Gaussian data: ~19 dB
+
+
+def test_8bit_uses_int_only():
+    choice = ant_search(torch.distributions.Laplace(0.0, 1.0).sample((4, 64)), bits=8)
+    assert choice.types == ("int",)
+
+
+def test_bad_input():
+    w = torch.randn(4, 12)
+    with pytest.raises(ValueError, match="bits"):
+        ant_quantize(w, bits=2)
+    with pytest.raises(ValueError, match="bits"):
+        ant_quantize(w, bits=9)
+    with pytest.raises(ValueError, match="group_size"):
+        ant_quantize(w, bits=4, group_size=5)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ant_quantize(torch.full((2, 4), float("nan")), bits=4)
+    with pytest.raises(ValueError, match="granularity"):
+        ant_quantize(w, bits=4, granularity="row")
+    with pytest.raises(ValueError, match="group_size"):
+        ant_quantize(w, bits=4, granularity="group")
+    with pytest.raises(ValueError, match="types"):
+        ant_quantize(w, bits=4, types=("int", "posit"))

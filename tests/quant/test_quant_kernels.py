@@ -1,0 +1,127 @@
+"""Every kernel path of QuantizedLinear against a plain reference computed from the dequantized weight."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TOL
+from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
+from leanformer.quant.kernels import _int4pack_ok, _int8pack_ok, choose_kernel, fast_bf16_cpu
+
+needs_bf16 = pytest.mark.skipif(not fast_bf16_cpu(), reason="packed CPU kernels are used only with native bf16")
+
+
+@pytest.fixture(autouse=True)
+def _policy():
+    set_policy(small_rows=16, compute_dtype="auto", allow_pack_kernels=True)
+    yield
+    set_policy(small_rows=16, compute_dtype="auto", allow_pack_kernels=True)
+
+
+def _module(n, k, **q):
+    lin = torch.nn.Linear(k, n)
+    lin.weight.data.mul_(0.5)
+    act_bits = q.pop("act_bits", None)
+    return QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, **q), act_bits=act_bits)
+
+
+def _inputs(m, k):
+    x = torch.randn(m, 2 * k)[:, ::2]  # non-contiguous rows
+    assert k == 1 or not x.is_contiguous()
+    return x
+
+
+def _ref(mod, x, dtype=torch.float32):
+    """Plain reference: the dequantized weight, optionally with the kernel's bf16 rounding of x and scales."""
+    w = mod.quantized_weight().dequantize()
+    return F.linear(x.to(dtype).float(), w, mod.bias)
+
+
+CASES = [  # (N, K, quantizer kwargs)
+    (48, 64, dict(bits=8)),
+    (48, 64, dict(bits=4, group_size=32, symmetric=False, clip_search=True)),
+    (32, 128, dict(bits=4, group_size=64, symmetric=True)),
+    (7, 13, dict(bits=4, symmetric=False)),  # odd shapes: no packed kernel applies
+    (5, 39, dict(bits=8, group_size=13, symmetric=False)),
+    (16, 32, dict(bits=3, group_size=32)),
+]
+
+
+@pytest.mark.parametrize("n, k, q", CASES)
+@pytest.mark.parametrize("m", [1, 5, 37])
+def test_dequant_path_fp32_equals_reference(n, k, q, m):
+    set_policy(compute_dtype="float32")
+    mod, x = _module(n, k, **q), _inputs(m, k)
+    torch.testing.assert_close(mod(x, kernel="dequant"), _ref(mod, x), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("n, k, q", CASES)
+def test_dequant_path_bf16_equals_reference(n, k, q):
+    set_policy(compute_dtype="bfloat16")
+    mod, x = _module(n, k, **q), _inputs(9, k)
+    out = mod(x, kernel="dequant")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _ref(mod, x, torch.bfloat16), **TOL[torch.bfloat16])
+
+
+@needs_bf16
+@pytest.mark.parametrize("n, k, q", [c for c in CASES if c[2]["bits"] == 8 and c[2].get("group_size") is None])
+@pytest.mark.parametrize("m", [1, 3, 16, 40])
+def test_int8pack_path(n, k, q, m):
+    mod, x = _module(n, k, **q), _inputs(m, k)
+    assert _int8pack_ok(mod)
+    torch.testing.assert_close(mod(x, kernel="int8pack"), _ref(mod, x, torch.bfloat16), **TOL[torch.bfloat16])
+
+
+@needs_bf16
+@pytest.mark.parametrize("n, k, q", [c for c in CASES[1:3]])
+@pytest.mark.parametrize("m", [1, 3, 16, 40])
+def test_int4pack_path(n, k, q, m):
+    mod, x = _module(n, k, **q), _inputs(m, k)
+    assert _int4pack_ok(mod)
+    torch.testing.assert_close(mod(x, kernel="int4pack"), _ref(mod, x, torch.bfloat16), **TOL[torch.bfloat16])
+    mod.load_state_dict(mod.state_dict())  # loading drops the cached kernel layout; it is rebuilt identically
+    torch.testing.assert_close(mod(x, kernel="int4pack"), _ref(mod, x, torch.bfloat16), **TOL[torch.bfloat16])
+
+
+def _w8a8_reference(mod, x):
+    """Per-token symmetric int8 activations times int8 weights, accumulated exactly in float64."""
+    sx = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+    xq = torch.clamp(torch.round(x / sx), -127, 127).double()
+    qw = mod.quantized_weight()
+    acc = xq @ qw.codes.double().T  # exact integer sums
+    return (acc * sx.double() * qw.scale.double().T + mod.bias.double()).float()
+
+
+@pytest.mark.parametrize("n, k", [(48, 64), (7, 13), (1, 1)])
+@pytest.mark.parametrize("m", [1, 6, 33])
+def test_w8a8_path(n, k, m):
+    mod, x = _module(n, k, bits=8, act_bits=8), _inputs(m, k)
+    assert choose_kernel(mod, m, x) == "w8a8"
+    torch.testing.assert_close(mod(x), _w8a8_reference(mod, x), **TOL[torch.float32])
+
+
+@needs_bf16
+def test_auto_choice_by_rows_and_format():
+    int4 = _module(48, 64, bits=4, group_size=32)
+    odd = _module(7, 13, bits=4)
+    x = torch.randn(1, 64)
+    assert choose_kernel(int4, 1, x) == "int4pack"
+    assert choose_kernel(int4, 17, x) == "dequant"
+    assert choose_kernel(odd, 1, torch.randn(1, 13)) == "dequant"
+    set_policy(allow_pack_kernels=False)
+    assert choose_kernel(int4, 1, x) == "dequant"
+
+
+def test_input_shapes_and_bad_input():
+    mod = _module(48, 64, bits=4, group_size=32)
+    x = torch.randn(2, 3, 64)
+    assert mod(x).shape == (2, 3, 48)
+    torch.testing.assert_close(mod(x)[1, 2], mod(x[1, 2:3])[0], **TOL[torch.bfloat16])
+    with pytest.raises(ValueError, match="last dim"):
+        mod(torch.randn(2, 63))
+    with pytest.raises(TypeError, match="floating-point"):
+        mod(torch.ones(2, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown kernel"):
+        mod(torch.randn(2, 64), kernel="nope")
+    with pytest.raises(ValueError, match="W8A8"):
+        QuantizedLinear(64, 48, bits=4, act_bits=8)
