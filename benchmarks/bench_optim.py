@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import Rows, time_fn  # noqa: E402
+from _harness import Rows  # noqa: E402
 
 from leanformer.data import bytes_tokenizer  # noqa: E402
 from leanformer.data.corpus import stdlib_docstrings  # noqa: E402
@@ -64,6 +64,8 @@ def make_optimizers(rank: int, gap: int, lr: float) -> dict:
         "ours APOLLO": (lambda m: APOLLO(m.parameters(), lr=lr, rank=rank, update_proj_gap=gap),
                         f"all params, r={rank}"),
         "ours APOLLO-Mini": (lambda m: APOLLOMini(m.parameters(), lr=lr, update_proj_gap=gap), "all params, r=1"),
+        "ours APOLLO-Mini paper groups": (lambda m: APOLLOMini(paper_param_groups(m), lr=lr, update_proj_gap=gap),
+                                          "paper groups, r=1"),
         "torchao AdamW8bit": (lambda m: _torchao_adamw8bit(m, lr), "peer"),
     }
 
@@ -97,23 +99,39 @@ def run_one(name, factory, args, train, val) -> dict:
             opt.zero_grad(set_to_none=True)
             sched.step()
             if t % max(1, args.steps // 5) == 0:
-                print(f"  {name:26s} step {t:4d} loss {loss.item():.3f}", flush=True)
+                print(f"  {name:30s} step {t:4d} loss {loss.item():.3f}", flush=True)
     except Exception as exc:
         return {"name": name, "error": f"{type(exc).__name__} at step {t}: {exc}"}
     wall = time.perf_counter() - t0
     vl = val_loss(model, val)
     report = state_bytes(opt)
-    # isolated step time on fixed gradients (the training-loop median includes cache effects of backward)
-    gen = torch.Generator().manual_seed(7)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
-    iso = time_fn(opt.step, warmup=3, reps=args.reps)
     steady = sorted(step_times[3:] or step_times)
     return {"name": name, "val_loss": vl, "state_bytes": report["state_bytes"],
             "bytes_per_param": report["bytes_per_param"], "params": report["params"],
             "step_p50": statistics.median(steady), "step_p20": steady[len(steady) // 5],
-            "step_p80": steady[(4 * len(steady)) // 5], "iso": iso, "wall": wall,
-            "first_step": step_times[0] if step_times else float("nan")}
+            "step_p80": steady[(4 * len(steady)) // 5], "wall": wall,
+            "first_step": step_times[0] if step_times else float("nan"), "_model": model, "_opt": opt}
+
+
+def isolated_step_times(results: list[dict], reps: int) -> None:
+    """opt.step() on fixed gradients, the optimizers interleaved round by round so that load from other
+    processes on this shared machine hits them alike; adds ``iso`` = (p20, p50, p80) seconds."""
+    live = [r for r in results if "_opt" in r]
+    gen = torch.Generator().manual_seed(7)
+    for r in live:
+        for p in r["_model"].parameters():
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+        for _ in range(3):  # warm-up (torchao compiles here if it has not yet)
+            r["_opt"].step()
+    times = {id(r): [] for r in live}
+    for _ in range(reps):
+        for r in live:
+            t0 = time.perf_counter()
+            r["_opt"].step()
+            times[id(r)].append(time.perf_counter() - t0)
+    for r in live:
+        ts = sorted(times[id(r)])
+        r["iso"] = (ts[len(ts) // 5], statistics.median(ts), ts[(4 * len(ts)) // 5])
 
 
 def main() -> None:
@@ -126,7 +144,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64, help="APOLLO rank (d/4 for hidden 256)")
     ap.add_argument("--gap", type=int, default=50, help="update_proj_gap")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", default="", help="comma-separated substrings of optimizer names to run")
     args = ap.parse_args()
     if args.quick:
@@ -144,7 +162,8 @@ def main() -> None:
         res = run_one(name, factory, args, train, val)
         res["note"] = note
         results.append(res)
-        print(f"  -> {res}", flush=True)
+        print(f"  -> { {k: v for k, v in res.items() if not k.startswith('_')} }", flush=True)
+    isolated_step_times(results, args.reps)
     report(results, args)
 
 
@@ -154,16 +173,16 @@ def report(results: list[dict], args) -> None:
     config = dict(model="llama-tiny", steps=args.steps, seq=args.seq, batch=args.batch, lr=args.lr, rank=args.rank,
                   gap=args.gap, threads=args.threads)
     base = next((r for r in results if r["name"] == "torch AdamW" and "error" not in r), None)
-    print(f"\n{'optimizer':26s} {'val loss':>9s} {'d vs AdamW':>10s} {'state B/param':>13s} {'state MB':>9s} "
+    print(f"\n{'optimizer':30s} {'val loss':>9s} {'d vs AdamW':>10s} {'state B/param':>13s} {'state MB':>9s} "
           f"{'x AdamW':>8s} {'step ms':>8s} {'x AdamW':>8s} {'iso ms':>7s} {'x AdamW':>8s}  note")
     for r in results:
         if "error" in r:
-            print(f"{r['name']:26s} FAILED: {r['error']}  ({r['note']})")
+            print(f"{r['name']:30s} FAILED: {r['error']}  ({r['note']})")
             rows.add("pretrain", r["name"], "error", "", r["error"][:200], mode=mode, config=config)
             continue
         rb = lambda key: r[key] / base[key] if base else float("nan")  # noqa: E731
         iso_ratio = r["iso"][1] / base["iso"][1] if base else float("nan")
-        print(f"{r['name']:26s} {r['val_loss']:9.4f} {r['val_loss'] - (base['val_loss'] if base else 0):+10.4f} "
+        print(f"{r['name']:30s} {r['val_loss']:9.4f} {r['val_loss'] - (base['val_loss'] if base else 0):+10.4f} "
               f"{r['bytes_per_param']:13.4f} {r['state_bytes'] / 2**20:9.3f} {rb('state_bytes'):8.4f} "
               f"{1e3 * r['step_p50']:8.2f} {rb('step_p50'):8.3f} {1e3 * r['iso'][1]:7.2f} {iso_ratio:8.3f}  {r['note']}")
         cfg = dict(config, note=r["note"])

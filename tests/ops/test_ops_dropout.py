@@ -9,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 from conftest import saved_tensor_bytes
 from lean_ops_util import DTYPES, make, nbytes, param
 from leanformer.ops import lean_dropout, lean_layer_norm, lean_linear, pack_bits, unpack_bits
+from leanformer.ops.bitpack import pack_bits_torch, unpack_bits_torch
 from leanformer.reference import dropout_ref
 
 
@@ -18,6 +19,9 @@ def test_pack_unpack_roundtrip(shape):
     packed = pack_bits(mask)
     assert packed.dtype == torch.uint8 and packed.numel() == (mask.numel() + 7) // 8
     assert torch.equal(unpack_bits(packed, mask.shape), mask)
+    # the torch formulation (other devices, torch.compile) gives the same bytes
+    assert torch.equal(pack_bits_torch(mask), packed)
+    assert torch.equal(unpack_bits_torch(packed, mask.numel()).view(mask.shape), mask)
     with pytest.raises(ValueError, match="uint8 bytes"):
         unpack_bits(packed[:0], (9, 9))
 

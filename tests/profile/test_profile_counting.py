@@ -107,3 +107,32 @@ def test_sgd_without_momentum_has_no_state():
     model = nn.Linear(4, 4)
     r = measure_step(model, torch.randn(2, 4), optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     assert r.optimizer_state_bytes == 0
+
+
+class _StashFn(torch.autograd.Function):
+    """Keeps x through save_for_backward and x*x as a ctx attribute (invisible to saved_tensors_hooks)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.sq = x * x
+        return x * 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3 + 0 * ctx.sq * x
+
+
+class _Stash(nn.Module):
+    def forward(self, x):
+        return _StashFn.apply(x)
+
+
+def test_custom_function_ctx_attributes_are_counted():
+    x = torch.randn(3, 5, requires_grad=True)
+    model = nn.Sequential(nn.Linear(5, 5), _Stash())
+    r = measure_step(model, x, loss_fn=_sum)
+    h = 3 * 5 * F32
+    assert r.by_module == {"0": h, "1": h, "(autograd.Function ctx attributes)": h}
+    assert any("ctx attributes" in n for n in r.notes)

@@ -12,9 +12,9 @@ needs_bf16 = pytest.mark.skipif(not fast_bf16_cpu(), reason="packed CPU kernels 
 
 @pytest.fixture(autouse=True)
 def _policy():
-    set_policy(small_rows=16, compute_dtype="auto", allow_pack_kernels=True)
+    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True)
     yield
-    set_policy(small_rows=16, compute_dtype="auto", allow_pack_kernels=True)
+    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True)
 
 
 def _module(n, k, **q):
@@ -106,7 +106,9 @@ def test_auto_choice_by_rows_and_format():
     odd = _module(7, 13, bits=4)
     x = torch.randn(1, 64)
     assert choose_kernel(int4, 1, x) == "int4pack"
-    assert choose_kernel(int4, 17, x) == "dequant"
+    assert choose_kernel(int4, 96, x) == "int4pack" and choose_kernel(int4, 97, x) == "dequant"
+    int8 = _module(48, 64, bits=8)
+    assert choose_kernel(int8, 32, x) == "int8pack" and choose_kernel(int8, 33, x) == "dequant"
     assert choose_kernel(odd, 1, torch.randn(1, 13)) == "dequant"
     set_policy(allow_pack_kernels=False)
     assert choose_kernel(int4, 1, x) == "dequant"

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from train_helpers import tiny, text_file  # noqa: F401  (pytest fixtures)
+from train_helpers import one_thread, tiny, text_file  # noqa: F401  (pytest fixtures)
 from leanformer.train.budget import BudgetError, StepMemory, divisors, parse_size, plan_batch
 from leanformer.train.config import TrainConfig
 from leanformer.train.loop import Trainer

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from train_helpers import one_thread  # noqa: F401  (autouse fixture)
 from leanformer.train import checkpoint as ckpt
 
 

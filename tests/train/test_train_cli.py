@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import cli, text_file  # noqa: F401  (pytest fixtures)
+from train_helpers import one_thread, cli, text_file  # noqa: F401  (pytest fixtures)
 from leanformer.cli.main import main
 
 TINY_ARGS = ["--layers", "1", "--hidden", "64", "--seq", "32", "--batch", "4"]

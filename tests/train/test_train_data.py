@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_helpers import text_file  # noqa: F401  (pytest fixtures)
+from train_helpers import one_thread, text_file  # noqa: F401  (pytest fixtures)
 from leanformer.train.data import IGNORE, DataError, Sampler, build_dataset, load_text, make_tokenizer
 from leanformer.train.loop import lr_at
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TOL
-from train_helpers import tiny, text_file  # noqa: F401  (pytest fixtures)
+from train_helpers import one_thread, tiny, text_file  # noqa: F401  (pytest fixtures)
 from leanformer.train.config import TrainConfig
 from leanformer.train.loop import train
 
@@ -37,9 +37,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, text_file, tiny):
     _assert_close(_weights(tmp_path / "big"), _weights(tmp_path / "acc"))
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp2", marks=pytest.mark.slow)])
 def test_two_process_run_matches_single_process(tmp_path, text_file, tiny, mode):
     args = ["--layers", "1", "--hidden", "64", "--seq", "32", "--batch", "4", "--steps", str(STEPS),
             "--data", str(text_file), "--no-memory-table", "--eval-every", "0"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import tiny, text_file  # noqa: F401  (pytest fixtures)
+from train_helpers import one_thread, tiny, text_file  # noqa: F401  (pytest fixtures)
 from leanformer.train.config import TrainConfig
 from leanformer.train.loop import train
 

@@ -72,11 +72,16 @@ def run(args: argparse.Namespace) -> int:
 
     from leanformer.models import ModelError, build_model, resolve
     from leanformer.quant import CheckpointError, EmbeddingConfig, quantize_, save_quantized
+    from leanformer.quant.serialize import check_writable
     from leanformer.quant.fidelity import SENTENCES, compare, embed
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    try:
+        check_writable(out, overwrite=args.overwrite)  # fail before minutes of work, not after
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from exc
     try:
         spec = resolve(args.model)
         model = build_model(args.model, task="base").eval()

@@ -78,6 +78,10 @@ class APOLLO(torch.optim.Optimizer):
         return group["lowrank"] if group["lowrank"] is not None else param.dim() >= 2
 
     # -- step ---------------------------------------------------------------------------------------------
+    # The projection is drawn from a seeded torch.Generator and the step count is read on the host (a CPU
+    # tensor, no device sync); both would make torch.compile graph-break and recompile on every step, so the
+    # step always runs eagerly, also when called from compiled code (docs/optim.md).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         loss = None

@@ -29,6 +29,7 @@ class PatchReport:
     model_type: str
     spec: str
     swaps: tuple[SwapRecord, ...]
+    skipped: tuple[tuple[str, str, str], ...] = ()  # (path, type, why) of heuristic matches left stock
 
     def __len__(self) -> int:
         return len(self.swaps)
@@ -42,6 +43,7 @@ class PatchReport:
                  f"{'path':<{width}}  {'technique':<10}  old -> new"]
         lines += [f"{s.path:<{width}}  {s.technique:<10}  {s.old_type} -> {s.new_type}" for s in self.swaps]
         lines.append("by technique: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items())))
+        lines += [f"skipped {path} ({kind}): {why}" for path, kind, why in self.skipped]
         return "\n".join(lines)
 
 
@@ -64,14 +66,14 @@ def patch_(model: nn.Module, config: LeanConfig | None = None) -> PatchReport:
         raise ValueError("patch_: this model is already patched by leanformer; call leanformer.unpatch_(model) first")
     engine.check_dtypes(model, config)
     spec_name, rules = rules_for(model, config)
-    swaps = engine.apply_rules(model, rules, config)
+    swaps, skipped = engine.apply_rules(model, rules, config)
     if not swaps:
         raise ValueError(f"patch_: nothing to swap in {type(model).__name__} (spec {spec_name!r}, config "
                          f"{config.to_json()}); no module matched any enabled rule")
     object.__setattr__(model, engine.STATE_ATTR, swaps)  # plain attribute: never in state_dict
     records = tuple(SwapRecord(s.path, _qualname(s.old), _qualname(s.new), s.technique) for s in swaps)
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    return PatchReport(str(model_type), spec_name, records)
+    return PatchReport(str(model_type), spec_name, records, tuple(skipped))
 
 
 def unpatch_(model: nn.Module) -> nn.Module:

@@ -32,6 +32,7 @@ class Rule:
     enabled: Callable[[LeanConfig], bool]
     descend: bool = False
     keep: tuple[str, ...] = ()
+    optional: bool = False  # a heuristic match: if the lean layer refuses the module (TypeError), skip it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +66,13 @@ def clone_as(cls: type, module: nn.Module) -> nn.Module:
     return new
 
 
-def apply_rules(model: nn.Module, rules: list[Rule], config: LeanConfig) -> list[Swap]:
+def apply_rules(model: nn.Module, rules: list[Rule], config: LeanConfig) -> tuple[list[Swap], list[tuple]]:
+    """Returns (swaps, skipped) where skipped lists (path, type name, reason) of refused optional matches."""
     swaps: list[Swap] = []
+    skipped: list[tuple] = []
     active = [r for r in rules if r.enabled(config)]
-    _walk(model, "", active, config, swaps, keep=())
-    return swaps
+    _walk(model, "", active, config, swaps, skipped, keep=())
+    return swaps, skipped
 
 
 def _excluded(path: str, config: LeanConfig) -> bool:
@@ -77,7 +80,7 @@ def _excluded(path: str, config: LeanConfig) -> bool:
 
 
 def _walk(parent: nn.Module, prefix: str, rules: list[Rule], config: LeanConfig, swaps: list[Swap],
-          keep: tuple[str, ...]) -> None:
+          skipped: list[tuple], keep: tuple[str, ...]) -> None:
     for name, child in list(parent._modules.items()):
         if child is None or name in keep:
             continue
@@ -86,14 +89,21 @@ def _walk(parent: nn.Module, prefix: str, rules: list[Rule], config: LeanConfig,
             continue
         rule = next((r for r in rules if r.match(child)), None)
         if rule is None:
-            _walk(child, path, rules, config, swaps, keep=())
+            _walk(child, path, rules, config, swaps, skipped, keep=())
             continue
-        new = rule.build(child, config)
+        try:
+            new = rule.build(child, config)
+        except TypeError as exc:
+            if not rule.optional:
+                raise
+            skipped.append((path, type(child).__name__, str(exc)))
+            _walk(child, path, rules, config, swaps, skipped, keep=())
+            continue
         _check_same_parameters(path, child, new)
         parent._modules[name] = new
         swaps.append(Swap(path, rule.technique, parent, name, child, new))
         if rule.descend:
-            _walk(new, path, rules, config, swaps, keep=rule.keep)
+            _walk(new, path, rules, config, swaps, skipped, keep=rule.keep)
 
 
 def _check_same_parameters(path: str, old: nn.Module, new: nn.Module) -> None:

@@ -59,14 +59,28 @@ def exact_minimum_bytes(s: LayerShape, variant: str) -> dict[str, float]:
         "MLP pre-activation(s)": n * s.intermediate * e * (2 if s.family == "llama" else 1),
         # LayerNorm: mean + rstd per row; RMSNorm: rstd per row (two norms per layer)
         "norm row statistics": 2 * n * e * (1 if s.family == "llama" else 2),
-        "hidden dropout masks (1 bit)": (2 * n * s.hidden / 8) if s.hidden_dropout else 0,
+        "hidden dropout masks (1 bit)": 2 * -(-n * s.hidden // 8) if s.hidden_dropout else 0,
     }
     attn_rows = s.batch * s.heads * s.seq
     if variant == "eager":
         items["softmax P"] = attn_rows * s.seq * e
-        items["attention dropout mask (1 bit)"] = attn_rows * s.seq / 8 if s.attn_dropout else 0
+        items["attention dropout mask (1 bit)"] = attn_rows * -(-s.seq // 8) if s.attn_dropout else 0
     else:
         items["attention logsumexp"] = attn_rows * 4  # fp32 row statistic
+    return items
+
+
+def lean_layer_bytes(s: LayerShape, attention: str) -> dict[str, float]:
+    """What leanformer's layer keeps, itemised: the minimum, plus the attention dropout mask in flash mode
+    (kept at 1 bit per element so masks equal stock's under the same seed; the "fused" minimum assumes a
+    mask regenerated from a seed)."""
+    if attention == "tempo":
+        return exact_minimum_bytes(s, "eager")
+    if attention not in ("flash", "sdpa"):
+        raise ValueError(f"attention must be 'flash', 'tempo' or 'sdpa', got {attention!r}")
+    items = exact_minimum_bytes(s, "fused")
+    if attention == "flash" and s.attn_dropout:
+        items["attention dropout mask (1 bit)"] = s.batch * s.heads * s.seq * -(-s.seq // 8)
     return items
 
 

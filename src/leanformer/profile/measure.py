@@ -138,6 +138,9 @@ def measure_step(model: torch.nn.Module, inputs: Any, *, loss_fn: Callable[[Any]
     _sync(device)
     backward_s = time.perf_counter() - t1
 
+    if tracker.CTX_MODULE in {rec.module for rec in tracker.records.values()}:
+        notes.append(f"some tensors are held as custom autograd.Function ctx attributes (not save_for_backward); "
+                     f"they are counted under {tracker.CTX_MODULE!r}")
     by_module: dict[str, int] = {}
     by_module_kind: dict[str, dict[str, int]] = {}
     by_kind = {k: 0 for k in KINDS}

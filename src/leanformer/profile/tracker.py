@@ -142,8 +142,27 @@ class SavedTensorTracker:
                 rec = self.records.get(_storage_key(t))
                 if rec is not None:
                     rec.savers.add(type(node).__name__)
+            self._record_ctx_attributes(node)
             todo.extend(child for child, _ in node.next_functions if child is not None)
         return {key: classify(rec.savers, rec.module_type, rec.random_filled) for key, rec in self.records.items()}
+
+
+    CTX_MODULE = "(autograd.Function ctx attributes)"
+
+    def _record_ctx_attributes(self, node) -> None:
+        """Tensors a custom ``autograd.Function`` keeps as ``ctx.<name> = tensor`` instead of through
+        ``save_for_backward`` never reach the pack hook, yet stay alive until backward: count them too, under
+        a pseudo-module, so a layer cannot look leaner than it is."""
+        attrs = getattr(node, "__dict__", None)
+        if not attrs:
+            return
+        for t in _flat_tensors(list(attrs.values())):
+            key = _storage_key(t)
+            storage = t.untyped_storage()
+            if key in self._excluded or key in self.records or storage.nbytes() == 0:
+                continue
+            self.records[key] = SavedRecord(nbytes=storage.nbytes(), module=self.CTX_MODULE, module_type=None,
+                                            random_filled=key in self._mode.random, savers={type(node).__name__})
 
 
 def _identity(x):

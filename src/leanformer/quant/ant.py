@@ -129,6 +129,7 @@ def _sse_all_alphas(w: torch.Tensor, grid: torch.Tensor, lo: int, hi: int) -> to
     Element u = |w| sits past threshold t_j at alpha a iff r >= a * t_j with r = 100 * max(grid) * u / absmax.
     Thresholds passed at a = hi-1 count for every a (a dense sum); the few passed at a = lo but not at
     hi-1 are events, binned by their last a with one histogram per row, then suffix-summed.
+    The per-bucket value at a is the sum over buckets >= a - lo + 1 (bucket 0 = never in range).
     """
     r_rows, gs = w.shape
     steps = hi - lo
@@ -160,7 +161,9 @@ def _sse_all_alphas(w: torch.Tensor, grid: torch.Tensor, lo: int, hi: int) -> to
     bucket = (_crossing(r[elem].double(), thr[at]) - (lo - 1)).clamp_(0, steps).long() + (elem // gs) * (steps + 1)
     hist = torch.zeros(r_rows * (steps + 1), 2, dtype=torch.float64, device=w.device)
     hist.index_add_(0, bucket, torch.stack([u[elem] * (v_up - v_lo), v_up * v_up - v_lo * v_lo], dim=-1))
-    sums = hist.view(r_rows, steps + 1, 2).flip(1).cumsum(1).flip(1)[:, 1:]  # (R, steps, 2): a = lo .. hi-1
+    hist = hist.view(r_rows, steps + 1, 2)
+    # Suffix sums over buckets k = a - lo + 1 .. steps, as total minus prefix (cheaper than two flips).
+    sums = hist.sum(1, keepdim=True) - hist.cumsum(1)[:, :-1]  # (R, steps, 2): a = lo .. hi-1
     alpha_frac = torch.arange(lo, hi, device=w.device, dtype=torch.float64) * 0.01  # (steps,)
     s = m[:, None] * alpha_frac / top  # (R, steps) scale at each alpha
     sq = row_sum(u * u)[:, None]

@@ -81,12 +81,12 @@ def _scale_dtype(name: str) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------------- weight quantizers
-def quantize_weight(weight: torch.Tensor, config: BaseConfig) -> QuantizedWeight:
+def quantize_weight(weight: torch.Tensor, config: BaseConfig, importance: torch.Tensor | None = None) -> QuantizedWeight:
     """The QuantizedWeight a config produces for one weight tensor (no module swap)."""
     if isinstance(config, WeightOnlyConfig):
         return quantize_rtn(weight, bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
                             clip_search=config.clip_search, refine_steps=config.refine_steps,
-                            scale_dtype=_scale_dtype(config.scale_dtype))
+                            scale_dtype=_scale_dtype(config.scale_dtype), importance=importance)
     if isinstance(config, W8A8Config):
         return quantize_rtn(weight, bits=8, group_size=None, symmetric=True, clip_search=config.clip_search,
                             scale_dtype=_scale_dtype(config.scale_dtype))
@@ -108,8 +108,8 @@ def quantize_weight(weight: torch.Tensor, config: BaseConfig) -> QuantizedWeight
     raise TypeError(f"no weight quantizer for config type {type(config).__name__}")
 
 
-def _linear_handler(module: nn.Module, config: BaseConfig) -> nn.Module:
-    qw = quantize_weight(module.weight, config)
+def _linear_handler(module: nn.Module, config: BaseConfig, importance: torch.Tensor | None = None) -> nn.Module:
+    qw = quantize_weight(module.weight, config, importance)
     if isinstance(module, nn.Conv2d):
         return QuantizedConv2d.from_float(module, qw)
     return QuantizedLinear.from_float(module, qw, act_bits=8 if isinstance(config, W8A8Config) else None)
@@ -162,8 +162,11 @@ def _tied_weights(model: nn.Module) -> set[int]:
 
 
 @torch.no_grad()
-def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | None = None) -> QuantReport:
+def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | None = None,
+              example_inputs=None) -> QuantReport:
     """Quantize ``model`` in place. ``filter_fn(module, name) -> bool`` narrows which modules are touched.
+    ``example_inputs`` (a dict of model kwargs or a tensor) replaces the random token ids that
+    ``act_weighting`` / mixed precision feed the model (still no data needed for ``transformers`` models).
 
     Raises ``ValueError`` when no module matched, ``TypeError`` for an unknown config or a bare module root.
     """
@@ -172,7 +175,7 @@ def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | Non
     if isinstance(config, MixedPrecisionConfig):
         from .sensitivity import quantize_mixed_
 
-        return quantize_mixed_(model, config, filter_fn=filter_fn)
+        return quantize_mixed_(model, config, filter_fn=filter_fn, example_inputs=example_inputs)
     types, handler = _handler_for(config)
     if type(model) in types:
         raise TypeError(f"quantize_ replaces submodules in place; wrap the bare {type(model).__name__} in a "
@@ -184,11 +187,16 @@ def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | Non
     if not targets:
         raise ValueError(f"{type(config).__name__}: no module of type {', '.join(t.__name__ for t in types)} "
                          "matched (check filter_fn, or the model is already quantized)")
+    moments = {}
+    if getattr(config, "act_weighting", False):
+        from .calib import input_moments
+
+        moments = input_moments(model, [n for n, m in targets if type(m) is nn.Linear], example_inputs)
     for name, mod in targets:
         if id(mod.weight) in tied:
             report.skipped[name] = "weight tied to another module"
             continue
-        new = handler(mod, config)
+        new = handler(mod, config, moments[name]) if name in moments else handler(mod, config)
         model.set_submodule(name, new)
         report.layers.append(LayerReport(name, type(mod).__name__, new.bits, new.group_size, new.format,
                                          float_weight_bytes(mod), _packed_bytes(new)))

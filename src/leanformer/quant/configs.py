@@ -29,6 +29,8 @@ class WeightOnlyConfig(BaseConfig):
 
     bits 4 or 8 (2..8 accepted; <= 4 stored as nibbles). group_size None = per output channel.
     clip_search: data-free MSE search over clip ranges; refine_steps: least-squares refits (``rtn.py``).
+    act_weighting: weight the error by each input feature's mean square, measured in one forward pass on
+    random token ids (no data; ``calib.py``). Needs a model with ``config.vocab_size`` or ``example_inputs``.
     """
 
     bits: int = 4
@@ -37,6 +39,7 @@ class WeightOnlyConfig(BaseConfig):
     clip_search: bool = True
     refine_steps: int = 3
     scale_dtype: str = "float16"
+    act_weighting: bool = False
 
     def _validate(self) -> None:
         _check_bits_group(self)

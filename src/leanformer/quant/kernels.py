@@ -1,8 +1,10 @@
 """Kernel paths for quantized Linears and the rule that picks one per call.
 
 Measured on this project's CPUs (research note, "Kernels"; re-measured by ``benchmarks/bench_quant.py``):
-* ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` beat a bf16 GEMM only for few rows
-  and only with bf16 activations (fp32 activations run 30-100x slower), so they serve ``rows <= small_rows``.
+* ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` beat unpack + bf16 GEMM only for few
+  rows and only with bf16 activations (fp32 activations run 30-100x slower). Crossovers measured on MiniLM's
+  shapes (384x1536, 1536x384, 384x384, 1 thread, min of 9): int8 ~32-64 rows, int4 ~128 rows; hence the
+  defaults ``int8_rows=32`` and ``int4_rows=96``.
 * For more rows, unpacking the codes to bf16 and running one dense oneDNN GEMM is faster.
 * W8A8 modules quantize activations per token and run ``torch._int_mm`` (int8 x int8 -> int32).
 
@@ -35,7 +37,8 @@ def fast_bf16_cpu() -> bool:
 
 @dataclass
 class KernelPolicy:
-    small_rows: int = 16  # rows <= this use the packed-weight kernels (bf16 activations)
+    int8_rows: int = 32  # rows <= this use _weight_int8pack_mm (bf16 activations)
+    int4_rows: int = 96  # rows <= this use _weight_int4pack_mm_for_cpu
     compute_dtype: str = "auto"  # "auto" | "float32" | "bfloat16" for the dequant path on fp32 inputs
     allow_pack_kernels: bool = True
 
@@ -48,7 +51,7 @@ def get_policy() -> KernelPolicy:
 
 
 def set_policy(**changes) -> KernelPolicy:
-    """Change the global kernel policy (e.g. ``set_policy(small_rows=0)`` to always dequantize)."""
+    """Change the global kernel policy (e.g. ``set_policy(allow_pack_kernels=False)`` to always dequantize)."""
     for key, value in changes.items():
         if not hasattr(_POLICY, key):
             raise ValueError(f"unknown kernel policy field {key!r}")
@@ -82,11 +85,10 @@ def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
     if mod.act_bits == 8:
         return "w8a8"
     on_cpu = x.device.type == "cpu"
-    if (on_cpu and _POLICY.allow_pack_kernels and rows <= _POLICY.small_rows and fast_bf16_cpu()
-            and x.dtype in (torch.float32, torch.bfloat16)):
-        if _int8pack_ok(mod):
+    if on_cpu and _POLICY.allow_pack_kernels and fast_bf16_cpu() and x.dtype in (torch.float32, torch.bfloat16):
+        if rows <= _POLICY.int8_rows and _int8pack_ok(mod):
             return "int8pack"
-        if _int4pack_ok(mod):
+        if rows <= _POLICY.int4_rows and _int4pack_ok(mod):
             return "int4pack"
     return "dequant"
 

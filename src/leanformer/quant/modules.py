@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .kernels import choose_kernel, run_kernel
-from .packing import pack_codes, packed_shape, unpack_codes
+from .packing import NIBBLE_OFFSET, pack_codes, packed_shape, unpack_codes, unpack_nibbles_to
 from .qweight import QuantizedWeight, lookup
 
 __all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "QUANTIZED_MODULES"]
@@ -80,13 +80,19 @@ class _PackedWeightMixin(nn.Module):
         """(N, K) float weight; computed directly in ``dtype`` from the packed codes (the batch path)."""
         n, k = self._n, self._k
         gs = k if self.group_size is None else self.group_size
-        codes = self.unpacked_codes()
         if self.codebook is not None:
-            vals = lookup(self.codebook.to(dtype), codes, n, k // gs)  # (N, G, gs)
+            vals = lookup(self.codebook.to(dtype), self.unpacked_codes(), n, k // gs)  # (N, G, gs)
+            return vals.mul_(self.scale.to(dtype).unsqueeze(-1)).view(n, k)
+        if self.bits <= 4:  # raw nibbles 0..15; signed codes carry an offset of 8 folded into the zero point
+            vals = unpack_nibbles_to(self.qweight, k, dtype).view(n, k // gs, gs)
+            offset = NIBBLE_OFFSET if self.signed else 0
         else:
-            vals = codes.to(dtype).view(n, k // gs, gs)  # (N, G, gs), a fresh tensor: safe to update in place
+            vals = self.qweight.to(dtype).view(n, k // gs, gs)  # (N, G, gs), fresh: safe to update in place
+            offset = 0
         if self.zero is not None:
             vals.sub_(self.zero.to(dtype).unsqueeze(-1))
+        elif offset:
+            vals.sub_(offset)
         # in-place broadcast ops: ~6x faster than addcmul with broadcast operands on CPU (measured)
         return vals.mul_(self.scale.to(dtype).unsqueeze(-1)).view(n, k)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pack_codes", "unpack_codes", "packed_shape", "NIBBLE_OFFSET"]
+__all__ = ["pack_codes", "unpack_codes", "unpack_nibbles_to", "packed_shape", "NIBBLE_OFFSET"]
 
 NIBBLE_OFFSET = 8  # signed 4-bit code c is stored as c + 8
 
@@ -47,3 +47,14 @@ def unpack_codes(packed: torch.Tensor, k: int, bits: int, *, signed: bool) -> to
     if signed:
         return (out.to(torch.int8) - NIBBLE_OFFSET).contiguous()
     return out.contiguous()
+
+
+def unpack_nibbles_to(packed: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Nibbles (N, ceil(K/2)) -> their raw values 0..15 as ``dtype`` (N, K), written straight into one float
+    buffer (two strided casts: measured faster on CPU than stack + cast). Signed codes are these minus 8."""
+    n, half = packed.shape
+    out = torch.empty(n, half, 2, dtype=dtype, device=packed.device)  # (N, K/2, 2)
+    out[..., 0] = packed & 0xF
+    out[..., 1] = packed >> 4
+    out = out.view(n, 2 * half)
+    return out if 2 * half == k else out[:, :k].contiguous()

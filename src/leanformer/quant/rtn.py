@@ -74,8 +74,9 @@ def _dq(q, scale, zero):
     return q * scale if zero is None else (q - zero) * scale
 
 
-def _sq_err(w, q, scale, zero):
-    return (w - _dq(q, scale, zero)).pow_(2).sum(-1, keepdim=True)  # (N, G, 1)
+def _sq_err(w, q, scale, zero, h=None):
+    err = (w - _dq(q, scale, zero)).pow_(2)
+    return (err if h is None else err.mul_(h)).sum(-1, keepdim=True)  # (N, G, 1)
 
 
 def _ranges(w, symmetric):
@@ -92,15 +93,21 @@ def _init_params(ranges, bits, alpha):
     return _affine(ranges[0] * alpha, ranges[1] * alpha, 2 ** bits - 1)
 
 
-def _refine(w, q, scale, zero):
-    """Least-squares fit of w ~ s*q + b per group for fixed codes q (returns new scale, zero)."""
+def _refine(w, q, scale, zero, h=None):
+    """(Weighted) least-squares fit of w ~ s*q + b per group for fixed codes q (returns new scale, zero)."""
+    hq = q if h is None else q * h
     if zero is None:
-        num, den = (q * w).sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True)
+        num, den = (hq * w).sum(-1, keepdim=True), (hq * q).sum(-1, keepdim=True)
         return torch.where(den > 0, num / den.clamp_min(1e-12), scale), None
-    qm, wm = q.mean(-1, keepdim=True), w.mean(-1, keepdim=True)
+    if h is None:
+        qm, wm = q.mean(-1, keepdim=True), w.mean(-1, keepdim=True)
+    else:
+        hs = h.sum(-1, keepdim=True).clamp_min(1e-12)
+        qm, wm = hq.sum(-1, keepdim=True) / hs, (w * h).sum(-1, keepdim=True) / hs
     qc = q - qm
-    var = (qc * qc).sum(-1, keepdim=True)
-    s = (qc * (w - wm)).sum(-1, keepdim=True) / var.clamp_min(1e-12)
+    hqc = qc if h is None else qc * h
+    var = (hqc * qc).sum(-1, keepdim=True)
+    s = (hqc * (w - wm)).sum(-1, keepdim=True) / var.clamp_min(1e-12)
     ok = (var > 0) & (s > 0)
     s = torch.where(ok, s, scale)
     b = wm - s * qm
@@ -109,16 +116,26 @@ def _refine(w, q, scale, zero):
 
 def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = None, symmetric: bool = True,
                  clip_search: bool = False, alpha_min: float = 0.5, n_grid: int = 26, refine_steps: int = 0,
-                 scale_dtype: torch.dtype = torch.float16) -> QuantizedWeight:
+                 scale_dtype: torch.dtype = torch.float16, importance: torch.Tensor | None = None) -> QuantizedWeight:
     """Quantize a (N, K) Linear or (O, I, kh, kw) conv weight; returns codes, scale, zero per group.
 
     ``clip_search``: try ``n_grid`` shrink factors alpha in [alpha_min, 1] of the group range and keep the
     one with the lowest squared error per group. ``refine_steps``: alternating least-squares refinements.
+    ``importance``: optional (K,) non-negative weight per input feature (e.g. the mean square of that input);
+    the search and refits then minimise sum_k importance_k * (w_k - q_k)^2, the expected output error.
     """
     check_weight(weight, bits, group_size)
     if scale_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"scale_dtype must be float16, bfloat16 or float32, got {scale_dtype}")
     w = grouped(weight, group_size)  # (N, G, gs) fp32
+    h = None
+    if importance is not None:
+        if importance.shape != (w.shape[1] * w.shape[2],) or not torch.isfinite(importance).all() or (importance < 0).any():
+            raise ValueError(f"importance must be a finite non-negative ({w.shape[1] * w.shape[2]},) tensor")
+        h = importance.float().view(1, w.shape[1], w.shape[2])
+        h = h / h.mean().clamp_min(1e-30)  # scale-free; all-zero importance falls back to plain MSE
+        if not h.any():
+            h = None
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
 
     def params(scale, zero):
@@ -131,7 +148,8 @@ def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = No
         q.round_().clamp_(qmin, qmax)
         if zero is not None:
             q.sub_(zero)
-        return q.mul_(scale).sub_(w).pow_(2).sum(-1, keepdim=True)
+        q = q.mul_(scale).sub_(w).pow_(2)
+        return (q if h is None else q.mul_(h)).sum(-1, keepdim=True)
 
     # Grid search tracks only the per-group (scale, zero) and error; codes are recomputed once at the end
     # (cheaper than carrying the best (N, G, gs) codes through every step).
@@ -148,9 +166,9 @@ def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = No
         best_z = None if z is None else torch.where(better, z, best_z)
     best_q = _codes(w, best_s, best_z, qmin, qmax)
     for _ in range(refine_steps):
-        s, z = params(*_refine(w, best_q, best_s, best_z))
+        s, z = params(*_refine(w, best_q, best_s, best_z, h))
         q = _codes(w, s, z, qmin, qmax)
-        err = _sq_err(w, q, s, z)
+        err = _sq_err(w, q, s, z, h)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_q = torch.where(better, q, best_q)

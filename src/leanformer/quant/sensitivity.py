@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .calib import input_moments, run_model, synthetic_inputs
 from .api import LayerReport, QuantReport, _packed_bytes, float_weight_bytes, quantize_weight
 from .configs import MixedPrecisionConfig
 from .modules import QuantizedLinear
@@ -23,22 +24,11 @@ from .modules import QuantizedLinear
 __all__ = ["layer_sensitivity", "plan_mixed", "quantize_mixed_"]
 
 
-def _synthetic_inputs(model: nn.Module, batch: int = 4, seq: int = 32, seed: int = 0) -> dict:
-    cfg = getattr(model, "config", None)
-    vocab = getattr(cfg, "vocab_size", None)
-    if vocab is None:
-        raise ValueError("cannot make synthetic inputs for this model (no config.vocab_size); pass example_inputs=")
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=gen).to(device)}
-
-
 def _output(model: nn.Module, inputs) -> torch.Tensor:
-    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    out = run_model(model, inputs)
     if isinstance(out, torch.Tensor):
         return out
-    first = out[0] if isinstance(out, (tuple, list)) else next(iter(out.values()))
-    return first
+    return out[0] if isinstance(out, (tuple, list)) else next(iter(out.values()))
 
 
 def _cosine_loss(ref: torch.Tensor, test: torch.Tensor) -> float:
@@ -49,7 +39,7 @@ def _cosine_loss(ref: torch.Tensor, test: torch.Tensor) -> float:
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, lows: dict[str, torch.Tensor], example_inputs=None) -> dict[str, float]:
     """``lows``: name -> dequantized low-bit weight. Returns name -> output distortion (higher = worse)."""
-    inputs = example_inputs if example_inputs is not None else _synthetic_inputs(model)
+    inputs = example_inputs if example_inputs is not None else synthetic_inputs(model)
     ref = _output(model, inputs)
     scores = {}
     for name, w_low in lows.items():
@@ -87,8 +77,12 @@ def quantize_mixed_(model: nn.Module, config: MixedPrecisionConfig, *, filter_fn
                if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, n))]
     if not targets:
         raise ValueError("MixedPrecisionConfig: no nn.Linear matched")
-    lows = {n: quantize_weight(m.weight, config.low) for n, m in targets}
-    highs = {n: quantize_weight(m.weight, config.high) for n, m in targets}
+    moments = {}
+    if config.low.act_weighting or config.high.act_weighting:
+        moments = input_moments(model, [n for n, _ in targets], example_inputs)
+    imp = lambda cfg, n: moments.get(n) if cfg.act_weighting else None  # noqa: E731
+    lows = {n: quantize_weight(m.weight, config.low, imp(config.low, n)) for n, m in targets}
+    highs = {n: quantize_weight(m.weight, config.high, imp(config.high, n)) for n, m in targets}
     sens = layer_sensitivity(model, {n: q.dequantize() for n, q in lows.items()}, example_inputs)
     mods = {n: m for n, m in targets}
     new = {n: QuantizedLinear.from_float(mods[n], q) for n, q in lows.items()}

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .modules import QUANTIZED_MODULES
 
-__all__ = ["save_quantized", "load_quantized", "CheckpointError", "FORMAT", "VERSION", "is_checkpoint"]
+__all__ = ["save_quantized", "load_quantized", "CheckpointError", "FORMAT", "VERSION", "is_checkpoint", "check_writable"]
 
 FORMAT, VERSION = "leanformer.quant", 1
 META, TENSORS = "leanformer_quant.json", "model.safetensors"
@@ -68,17 +68,23 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
     return out, aliases
 
 
-def save_quantized(model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Save a (partly) quantized model. Refuses a non-empty directory that is not a leanformer checkpoint
-    unless ``overwrite=True``; an existing leanformer checkpoint there is replaced."""
-    from safetensors.torch import save_file
-
+def check_writable(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Raise unless ``directory`` is new, empty, a leanformer checkpoint, or ``overwrite`` is set."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not is_checkpoint(directory) and not overwrite:
         raise CheckpointError(f"{directory} is not empty and is not a leanformer checkpoint; "
                               "pass overwrite=True (CLI: --overwrite) to write into it")
+    return directory
+
+
+def save_quantized(model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save a (partly) quantized model. Refuses a non-empty directory that is not a leanformer checkpoint
+    unless ``overwrite=True``; an existing leanformer checkpoint there is replaced."""
+    from safetensors.torch import save_file
+
+    directory = check_writable(directory, overwrite=overwrite)
     modules = {name: {"type": type(m).__name__, **m.spec()} for name, m in model.named_modules()
                if type(m).__name__ in QUANTIZED_MODULES and isinstance(m, QUANTIZED_MODULES[type(m).__name__])}
     if not modules:

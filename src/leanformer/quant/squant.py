@@ -81,10 +81,11 @@ class _State:
         self.rtn_error = self.rtn - x
         self.up_ok = (self.rtn_error < 0) & (x < t_max)  # may round up instead
         self.down_ok = (self.rtn_error > 0) & (x > t_min)  # may round down instead
-        self.number = self.rtn.clone()
-        self.error = self.rtn_error.clone()
-        self.up_priority = self.rtn_error.abs() * self.up_ok
-        self.down_priority = self.rtn_error.abs() * self.down_ok
+        self.number = self.rtn
+        self.error = self.rtn_error
+        magnitude = self.rtn_error.abs()
+        self.up_priority = torch.where(self.up_ok, magnitude, 0.0)
+        self.down_priority = torch.where(self.down_ok, magnitude, 0.0)
 
     def flip_stage(self, seg: int, *, keep_one_candidate: bool) -> None:
         """One SQuant stage over consecutive segments of ``seg`` elements (kernels, or whole rows)."""
@@ -107,8 +108,9 @@ class _State:
         ok = torch.where(go_up, view(self.up_ok), view(self.down_ok))
         step = torch.where(go_up, 1.0, -1.0).to(number.dtype)  # (R, 1)
         rtn, rtn_error = view(self.rtn), view(self.rtn_error)
-        number.copy_(torch.where(flip, rtn + step * ok, number))
-        error.copy_(torch.where(flip, (rtn_error + step) * ok, error))
+        number = torch.where(flip & ok, rtn + step, torch.where(flip, rtn, number))
+        error = torch.where(flip & ok, rtn_error + step, torch.where(flip, 0.0, error))
+        self.number, self.error = number.view(self.rtn.shape), error.view(self.rtn.shape)
         # The one candidate this segment leaves for the next stage (the official idx_c).
         pos = torch.where(over, topk - 1, topk).long()  # (R,)
         pos = torch.where(pos < 0, pos + seg, pos).clamp_max(seg - 1)  # order[-1] when k=0 and S=0, as in Python

@@ -44,10 +44,14 @@ def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
 
 
 def model_overrides(cfg: TrainConfig, spec) -> dict[str, Any]:
-    """Config overrides for --layers / --hidden (checked against the base config)."""
+    """Config overrides: the byte vocabulary for random-init models, --layers, --hidden (checked)."""
     from leanformer.models import build_config
 
     out: dict[str, Any] = {}
+    if spec.path is None:  # random init trains on the byte tokenizer: ids >= 260 would never be seen
+        from leanformer.data.bytes_tokenizer import VOCAB_SIZE
+
+        out["vocab_size"] = VOCAB_SIZE
     if cfg.layers is not None:
         out["num_hidden_layers"] = cfg.layers
     if cfg.hidden is not None:

@@ -22,8 +22,8 @@ import torch
 
 from leanformer.patch.attention.bits import pack_rows, unpack_rows
 
-# Transient budget for one chunk's S x S work tensors (elements; 4 MiB in fp32: cache-friendly on CPU).
-_CHUNK_ELEMS = 1 << 20
+# Transient budget for one chunk's S x S work tensors (elements; 8 MiB in fp32).
+_CHUNK_ELEMS = 1 << 21
 
 
 def _rows_per_chunk(heads: int, sq: int, sk: int) -> int:

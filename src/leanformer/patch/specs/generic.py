@@ -1,73 +1,53 @@
 """Generic fallback: swap modules by type, for any model (named architectures put their rules first).
 
-Linear layers (``nn.Linear``, transformers' ``Conv1D``), LayerNorm, RMSNorm, GELU variants (matched to their
-exact formula: erf vs tanh), SiLU and dropout. Attention is architecture-specific and lives in the specs.
+Linear layers (``nn.Linear``, transformers' ``Conv1D``), ``nn.LayerNorm``, Hugging Face RMSNorms with LLaMA
+semantics, every GELU variant ``leanformer.layers.activation_kind`` recognises exactly (erf, tanh, python
+tanh, fast, quick), SiLU and ``nn.Dropout``. Attention is architecture-specific and lives in the specs.
+Rules marked ``optional`` are heuristics (matched by name/attributes): a module the lean layer refuses is
+left alone and listed under ``skipped`` in the report, never swapped approximately.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from leanformer.patch.engine import Rule, is_type
+from leanformer.layers import (LeanDropout, LeanGELU, LeanLayerNorm, LeanLinear, LeanRMSNorm, LeanSiLU,
+                               activation_kind)
+from leanformer.patch.engine import Rule, is_lean, is_type
+
+try:
+    from transformers.pytorch_utils import Conv1D
+    LINEAR_TYPES: tuple[type, ...] = (nn.Linear, Conv1D)
+except ImportError:  # pragma: no cover - transformers is optional for generic models
+    LINEAR_TYPES = (nn.Linear,)
 
 
-def _hf_classes(*names: str) -> tuple[type, ...]:
-    """transformers classes by name, or () when transformers is not installed."""
-    try:
-        from transformers import activations, pytorch_utils
-    except ImportError:  # pragma: no cover - transformers is an optional dependency
-        return ()
-    found = []
-    for name in names:
-        cls = getattr(activations, name, None) or getattr(pytorch_utils, name, None)
-        if cls is not None:
-            found.append(cls)
-    return tuple(found)
+def _is_gelu(m: nn.Module) -> bool:
+    return not is_lean(m) and activation_kind(m) not in (None, "silu")
 
 
-# erf GELU and its tanh approximation; both map to LeanGELU, which keeps the variant of the module it replaces.
-# QuickGELU (x * sigmoid(1.702 x)) and clipped GELUs are different functions and are left alone.
-GELU_TYPES = (nn.GELU, *_hf_classes("GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation"))
-SILU_TYPES = (nn.SiLU, *_hf_classes("SiLUActivation"))
-LINEAR_TYPES = (nn.Linear, *_hf_classes("Conv1D"))
-RMSNORM_TYPES = (nn.RMSNorm,)
+def _is_silu(m: nn.Module) -> bool:
+    return not is_lean(m) and activation_kind(m) == "silu"
 
 
-def _linear(m, cfg):
-    from leanformer.layers import LeanLinear
-    return LeanLinear.from_module(m)
-
-
-def _layernorm(m, cfg):
-    from leanformer.layers import LeanLayerNorm
-    return LeanLayerNorm.from_module(m, approximate=cfg.approximate_layernorm_from_output)
+def _is_hf_rmsnorm(m: nn.Module) -> bool:
+    return not is_lean(m) and type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")
 
 
 def rmsnorm(m, cfg):
-    from leanformer.layers import LeanRMSNorm
     return LeanRMSNorm.from_module(m)
-
-
-def _gelu(m, cfg):
-    from leanformer.layers import LeanGELU
-    return LeanGELU.from_module(m, approximate_from_output=cfg.approximate_gelu_from_output)
-
-
-def _silu(m, cfg):
-    from leanformer.layers import LeanSiLU
-    return LeanSiLU.from_module(m)
-
-
-def _dropout(m, cfg):
-    from leanformer.layers import LeanDropout
-    return LeanDropout.from_module(m)
 
 
 def generic_rules() -> list[Rule]:
     return [
-        Rule("linear", is_type(*LINEAR_TYPES), _linear, lambda c: c.linear),
-        Rule("norm", is_type(nn.LayerNorm), _layernorm, lambda c: c.norms),
-        Rule("norm", is_type(*RMSNORM_TYPES), rmsnorm, lambda c: c.norms),
-        Rule("activation", is_type(*GELU_TYPES), _gelu, lambda c: c.activations),
-        Rule("activation", is_type(*SILU_TYPES), _silu, lambda c: c.activations),
-        Rule("dropout", is_type(nn.Dropout), _dropout, lambda c: c.dropout),
+        Rule("linear", is_type(*LINEAR_TYPES), lambda m, c: LeanLinear.from_module(m), lambda c: c.linear),
+        Rule("norm", lambda m: type(m) is nn.LayerNorm,
+             lambda m, c: LeanLayerNorm.from_module(m, approximate=c.approximate_layernorm_from_output),
+             lambda c: c.norms),
+        Rule("norm", _is_hf_rmsnorm, rmsnorm, lambda c: c.norms, optional=True),
+        Rule("activation", _is_gelu,
+             lambda m, c: LeanGELU.from_module(m, approximate_from_output=c.approximate_gelu_from_output),
+             lambda c: c.activations),
+        Rule("activation", _is_silu, lambda m, c: LeanSiLU.from_module(m), lambda c: c.activations),
+        Rule("dropout", lambda m: type(m) is nn.Dropout, lambda m, c: LeanDropout.from_module(m),
+             lambda c: c.dropout),
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from transformers.models.llama import modeling_llama as hf
 
+from leanformer.layers import LeanGatedMLP
 from leanformer.patch.attention.hf import LeanAttentionMixin
 from leanformer.patch.engine import Rule, clone_as, is_type
 from leanformer.patch.specs.generic import rmsnorm
@@ -38,7 +39,6 @@ def _attention(m, cfg):
 
 
 def _gated_mlp(m, cfg):
-    from leanformer.layers import LeanGatedMLP
     return LeanGatedMLP.from_module(m)
 
 

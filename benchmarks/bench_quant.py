@@ -1,0 +1,252 @@
+"""Weight quantization on all-MiniLM-L6-v2: fidelity, size, quantization time and CPU latency.
+
+Every method is measured in the same run as the FP32 and bf16 baselines (interleaved timing rounds, medians)
+and the peers that work on CPU here (torchao 0.18, HQQ 0.2.8). Fidelity: cosine of mean-pooled, normalised
+sentence embeddings vs FP32 on 40 built-in sentences; NN = nearest-neighbour agreement.
+
+    python benchmarks/bench_quant.py [--quick] [--threads 1] [--methods w8,w4g64]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import Rows, time_fn  # noqa: E402
+
+from leanformer.models import build_model, minilm_dir  # noqa: E402
+from leanformer.quant import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config,  # noqa: E402
+                              WeightOnlyConfig, quantize_, save_quantized)
+from leanformer.quant.fidelity import SENTENCES, compare, embed  # noqa: E402
+
+W8 = WeightOnlyConfig(bits=8, group_size=None, symmetric=True, clip_search=False, refine_steps=0)
+EMB8, EMB4 = EmbeddingConfig(bits=8), EmbeddingConfig(bits=4, group_size=32, symmetric=False)
+
+
+def _ours(*configs):
+    def apply(model):
+        for cfg in configs:
+            quantize_(model, cfg)
+        return model
+    return apply
+
+
+METHODS = {  # name -> (provider, description, function model -> model)
+    "w8": ("leanformer", "int8 per-channel weights, int8 embeddings", _ours(W8, EMB8)),
+    "w8_emb4": ("leanformer", "int8 per-channel weights, int4 g32 embeddings", _ours(W8, EMB4)),
+    "w4g64_rtn": ("leanformer", "int4 sym g64 RTN (plain)", _ours(WeightOnlyConfig(bits=4, group_size=64, symmetric=True,
+                                                                                    clip_search=False, refine_steps=0), EMB8)),
+    "w4g64": ("leanformer", "int4 asym g64 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=64), EMB8)),
+    "w4g32": ("leanformer", "int4 asym g32 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=32), EMB8)),
+    "mixed8.5": ("leanformer", "int4 g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(budget_mb=8.5), EMB8)),
+    "w8a8": ("leanformer", "dynamic W8A8 per-token, torch._int_mm", _ours(W8A8Config(), EMB8)),
+    "squant_g64": ("leanformer", "SQuant int4 sym g64", _ours(SQuantConfig(bits=4, group_size=64), EMB8)),
+    "ant_g64": ("leanformer", "ANT int4 g64 (per tensor type)", _ours(ANTConfig(bits=4, group_size=64), EMB8)),
+    "ant_g64_ch": ("leanformer", "ANT int4 g64 (per channel type)",
+                   _ours(ANTConfig(bits=4, group_size=64, granularity="channel"), EMB8)),
+}
+
+
+def _torchao(kind):
+    def apply(model):
+        from torchao.quantization import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
+                                          Int8WeightOnlyConfig)
+        from torchao.quantization import quantize_ as ao_quantize_
+
+        cfg = {"int8wo": Int8WeightOnlyConfig(), "int8dyn": Int8DynamicActivationInt8WeightConfig(),
+               "int4wo": Int4WeightOnlyConfig(group_size=64)}[kind]
+        if kind == "int4wo":
+            model = model.to(torch.bfloat16)
+        ao_quantize_(model, cfg)
+        return model
+    return apply
+
+
+def _hqq(model):
+    from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
+
+    HQQLinear.set_backend(HQQBackend.PYTORCH)
+    cfg = BaseQuantizeConfig(nbits=4, group_size=64, axis=1)
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, torch.nn.Linear):
+            model.set_submodule(name, HQQLinear(mod, cfg, compute_dtype=torch.float32, device="cpu"))
+    return model
+
+
+PEERS = {
+    "torchao_int8wo": ("torchao", "Int8WeightOnlyConfig", _torchao("int8wo")),
+    "torchao_int8dyn": ("torchao", "Int8DynamicActivationInt8WeightConfig", _torchao("int8dyn")),
+    "torchao_int4wo": ("torchao", "Int4WeightOnlyConfig g64 (bf16 model)", _torchao("int4wo")),
+    "hqq_4bit_g64": ("hqq", "HQQLinear 4-bit g64, PyTorch backend", _hqq),
+}
+
+
+def _size_mb(model, provider) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        if provider == "leanformer":
+            path = save_quantized(model, Path(tmp) / "ck")
+            return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".json")) / 1e6
+        path = Path(tmp) / "model.pt"  # peers: their documented torch.save path (safetensors fails, see docs)
+        torch.save(model.state_dict(), path)
+        return path.stat().st_size / 1e6
+
+
+def _interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds of each fn, timed in interleaved rounds so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def kernel_sweep(rows: Rows, reps: int) -> None:
+    """One MiniLM FFN-in layer (384 -> 1536): every kernel path against fp32 / bf16 F.linear, by row count."""
+    from leanformer.quant import QuantizedLinear, quantize_rtn
+    from leanformer.quant.kernels import _int4pack_ok, _int8pack_ok, fast_bf16_cpu
+
+    lin = torch.nn.Linear(384, 1536)
+    mods = {
+        "int8": QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8)),
+        "int4_g64": QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=4, group_size=64, symmetric=False)),
+        "w8a8": QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8),
+    }
+    lin_bf16 = copy.deepcopy(lin).to(torch.bfloat16)
+    print("\nkernel sweep, 384 -> 1536 (ms; x = speed-up vs fp32 F.linear)")
+    for m in (1, 4, 16, 64, 256, 640):
+        x = torch.randn(m, 384)
+        fns = {"fp32": lambda: lin(x), "bf16": lambda: lin_bf16(x.to(torch.bfloat16))}
+        for fmt, mod in mods.items():
+            paths = ["w8a8"] if fmt == "w8a8" else ["dequant"]
+            if fast_bf16_cpu() and _int8pack_ok(mod):
+                paths.append("int8pack")
+            if fast_bf16_cpu() and _int4pack_ok(mod):
+                paths.append("int4pack")
+            for path in paths:
+                fns[f"{fmt}:{path}"] = (lambda mod=mod, path=path: mod(x, kernel=path))
+            fns[f"{fmt}:auto"] = (lambda mod=mod: mod(x))
+        with torch.no_grad():
+            med = _interleaved(fns, reps)
+        line = " ".join(f"{k}={v * 1e3:.3f}({med['fp32'] / v:.2f}x)" for k, v in med.items())
+        print(f"M={m:4d} {line}")
+        for k, v in med.items():
+            rows.add("linear_384x1536", k.split(":")[0], "latency", "ms", v * 1e3, mode="forward",
+                     x_name="rows", x_value=m, config={"kernel": k, "speedup_vs_fp32": med["fp32"] / v})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer methods and timing rounds")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default=None, help="comma-separated subset of: " + ",".join([*METHODS, *PEERS]))
+    ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel row sweep")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import AutoTokenizer
+
+    reps = 3 if args.quick else 7
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    base = build_model("minilm", task="base").eval()
+    ref = embed(base, tok, SENTENCES)
+    batch32 = tok(SENTENCES[:32], padding=True, return_tensors="pt")
+    batch1 = tok(SENTENCES[7:8], return_tensors="pt")
+    bf16 = copy.deepcopy(base).to(torch.bfloat16)
+    rows = Rows("quant")
+    chosen = {**METHODS, **PEERS}
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(chosen)
+        if unknown:
+            ap.error(f"unknown methods: {sorted(unknown)}")
+        chosen = {k: v for k, v in chosen.items() if k in args.methods.split(",")}
+    elif args.quick:
+        chosen = {k: chosen[k] for k in ("w8", "w4g64", "w8a8", "torchao_int8dyn", "hqq_4bit_g64")}
+    print(f"MiniLM-L6, {args.threads} thread(s), batch-32 = {tuple(batch32['input_ids'].shape)} tokens, "
+          f"torch {torch.__version__}")
+    fp32_linear_mb = sum(m.weight.numel() * 4 for m in base.modules() if isinstance(m, torch.nn.Linear)) / 1e6
+    table = []
+    with torch.no_grad():
+        bf16_fid = compare(ref, embed(bf16, tok, SENTENCES))
+        table.append(("fp32", "torch", 1.0, 1.0, 1.0, _size_mb(base, "torch"), 0.0, 1.0, 1.0, 1.0, 1.0, fp32_linear_mb))
+        table.append(("bf16", "torch", bf16_fid.mean_cos, bf16_fid.worst_cos, bf16_fid.nn_agreement,
+                      _size_mb(bf16, "torch"), 0.0, None, None, None, None, fp32_linear_mb / 2))
+        for name, (provider, desc, apply) in chosen.items():
+            try:
+                model = copy.deepcopy(base)
+                t0 = time.perf_counter()
+                model = apply(model)
+                qtime = time.perf_counter() - t0
+                fid = compare(ref, embed(model, tok, SENTENCES))
+                size = _size_mb(model, provider)
+                lin_mb = _linear_mb(model, provider)
+                lat32 = _interleaved({"fp32": lambda: base(**batch32), "bf16": lambda: bf16(**batch32),
+                                      "q": lambda: model(**batch32)}, reps)
+                lat1 = _interleaved({"fp32": lambda: base(**batch1), "bf16": lambda: bf16(**batch1),
+                                     "q": lambda: model(**batch1)}, reps * 3)
+            except Exception as exc:  # a peer failing on CPU is a result, not a crash
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90] if str(exc) else ''}"
+                print(f"{name:16s} FAILED {msg}")
+                if os.environ.get("BENCH_DEBUG"):
+                    traceback.print_exc()
+                rows.add("minilm", provider, "failed", "", 1, config={"method": name, "error": msg})
+                continue
+            s32f, s32b = lat32["fp32"] / lat32["q"], lat32["bf16"] / lat32["q"]
+            s1f, s1b = lat1["fp32"] / lat1["q"], lat1["bf16"] / lat1["q"]
+            table.append((name, provider, fid.mean_cos, fid.worst_cos, fid.nn_agreement, size, qtime, s32f, s32b,
+                          s1f, s1b, lin_mb))
+            cfg = {"method": name, "desc": desc}
+            for metric, unit, value in [("mean_cos", "", fid.mean_cos), ("worst_cos", "", fid.worst_cos),
+                                        ("nn_agreement", "", fid.nn_agreement), ("file_size", "MB", size),
+                                        ("linear_weights", "MB", lin_mb), ("quant_time", "s", qtime),
+                                        ("latency_b32", "ms", lat32["q"] * 1e3), ("latency_b1", "ms", lat1["q"] * 1e3),
+                                        ("speedup_b32_vs_fp32", "x", s32f), ("speedup_b32_vs_bf16", "x", s32b),
+                                        ("speedup_b1_vs_fp32", "x", s1f), ("speedup_b1_vs_bf16", "x", s1b)]:
+                rows.add("minilm", provider, metric, unit, value, config=cfg)
+            print(f"{name:16s} done: cos {fid.mean_cos:.4f} b32 {s32f:.2f}x fp32", flush=True)
+    _print_table(table)
+    if not args.no_kernels:
+        kernel_sweep(rows, reps)
+    path = rows.write()
+    print(f"\nwrote {path}")
+    return 0
+
+
+def _linear_mb(model, provider) -> float:
+    """Bytes of the Linear layers' weight storage (codes + scales + zeros), as quantized."""
+    if provider == "leanformer":
+        from leanformer.quant import QuantizedLinear
+
+        return sum(sum(b.numel() * b.element_size() for n, b in m.named_buffers() if n != "bias")
+                   for m in model.modules() if isinstance(m, QuantizedLinear)) / 1e6
+    total = 0
+    for m in model.modules():
+        if type(m).__name__ in ("Linear", "HQQLinear"):
+            total += sum(t.numel() * t.element_size() for n, t in m.state_dict().items() if not n.endswith("bias")
+                         and isinstance(t, torch.Tensor))
+    return total / 1e6
+
+
+def _print_table(table) -> None:
+    head = ("method", "provider", "mean cos", "worst", "NN", "file MB", "Lin MB", "quant s", "b32 vs fp32",
+            "b32 vs bf16", "b1 vs fp32", "b1 vs bf16")
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for name, prov, mc, wc, nn, size, qt, s32f, s32b, s1f, s1b, lin in table:
+        print(f"| {name} | {prov} | {mc:.4f} | {wc:.4f} | {nn:.2f} | {size:.1f} | {lin:.2f} | {qt:.2f} | "
+              f"{fmt(s32f, '.2f')} | {fmt(s32b, '.2f')} | {fmt(s1f, '.2f')} | {fmt(s1b, '.2f')} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
