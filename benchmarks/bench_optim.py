@@ -1,11 +1,12 @@
 """Pretrain llama-tiny on the stdlib-docstring corpus with each optimizer, in one run, same init and batches.
 
 Optimizers: torch AdamW (baseline), apollo-torch APOLLO and APOLLO-Mini (the paper's grouping: low-rank on
-attention/MLP only), ours APOLLO and APOLLO-Mini (all parameters with 2+ dims low-rank), torchao AdamW8bit.
+attention/MLP only), ours APOLLO and APOLLO-Mini (all parameters with 2+ dims low-rank; the paper's groups;
+``lean_param_groups``: every matrix low-rank except embeddings + LM head on 8-bit AdamW), torchao AdamW8bit.
 Reports validation loss, optimizer state bytes (whole model, per parameter) and optimizer-step time
 (median in training, and isolated on fixed gradients), with ratios vs AdamW.
 
-    python benchmarks/bench_optim.py [--quick] [--steps N --seq S --batch B --threads T]
+    python benchmarks/bench_optim.py [--quick] [--steps N --seq S --batch B --threads T --only NAMES --csv NAME]
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from _harness import Rows  # noqa: E402
 from leanformer.data import bytes_tokenizer  # noqa: E402
 from leanformer.data.corpus import stdlib_docstrings  # noqa: E402
 from leanformer.models import build_model  # noqa: E402
-from leanformer.optim import APOLLO, APOLLOMini, paper_param_groups, state_bytes  # noqa: E402
+from leanformer.optim import APOLLO, APOLLOMini, lean_param_groups, paper_param_groups, state_bytes  # noqa: E402
 
 
 def load_data(val_frac: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +67,10 @@ def make_optimizers(rank: int, gap: int, lr: float) -> dict:
         "ours APOLLO-Mini": (lambda m: APOLLOMini(m.parameters(), lr=lr, update_proj_gap=gap), "all params, r=1"),
         "ours APOLLO-Mini paper groups": (lambda m: APOLLOMini(paper_param_groups(m), lr=lr, update_proj_gap=gap),
                                           "paper groups, r=1"),
+        "ours APOLLO lean groups": (lambda m: APOLLO(lean_param_groups(m), lr=lr, rank=rank, update_proj_gap=gap),
+                                    f"all matrices r={rank}, emb+head 8-bit AdamW"),
+        "ours APOLLO-Mini lean groups": (lambda m: APOLLOMini(lean_param_groups(m), lr=lr, update_proj_gap=gap),
+                                         "all matrices r=1, emb+head 8-bit AdamW"),
         "torchao AdamW8bit": (lambda m: _torchao_adamw8bit(m, lr), "peer"),
     }
 
@@ -99,7 +104,7 @@ def run_one(name, factory, args, train, val) -> dict:
             opt.zero_grad(set_to_none=True)
             sched.step()
             if t % max(1, args.steps // 5) == 0:
-                print(f"  {name:30s} step {t:4d} loss {loss.item():.3f}", flush=True)
+                print(f"  {name:32s} step {t:4d} loss {loss.item():.3f}", flush=True)
     except Exception as exc:
         return {"name": name, "error": f"{type(exc).__name__} at step {t}: {exc}"}
     wall = time.perf_counter() - t0
@@ -146,6 +151,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", default="", help="comma-separated substrings of optimizer names to run")
+    ap.add_argument("--csv", default="", help="results/<name>.csv (default optim, or optim_quick)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.seq, args.batch, args.gap, args.reps = 20, 64, 4, 5, 5
@@ -173,16 +179,16 @@ def report(results: list[dict], args) -> None:
     config = dict(model="llama-tiny", steps=args.steps, seq=args.seq, batch=args.batch, lr=args.lr, rank=args.rank,
                   gap=args.gap, threads=args.threads)
     base = next((r for r in results if r["name"] == "torch AdamW" and "error" not in r), None)
-    print(f"\n{'optimizer':30s} {'val loss':>9s} {'d vs AdamW':>10s} {'state B/param':>13s} {'state MB':>9s} "
+    print(f"\n{'optimizer':32s} {'val loss':>9s} {'d vs AdamW':>10s} {'state B/param':>13s} {'state MB':>9s} "
           f"{'x AdamW':>8s} {'step ms':>8s} {'x AdamW':>8s} {'iso ms':>7s} {'x AdamW':>8s}  note")
     for r in results:
         if "error" in r:
-            print(f"{r['name']:30s} FAILED: {r['error']}  ({r['note']})")
+            print(f"{r['name']:32s} FAILED: {r['error']}  ({r['note']})")
             rows.add("pretrain", r["name"], "error", "", r["error"][:200], mode=mode, config=config)
             continue
         rb = lambda key: r[key] / base[key] if base else float("nan")  # noqa: E731
         iso_ratio = r["iso"][1] / base["iso"][1] if base else float("nan")
-        print(f"{r['name']:30s} {r['val_loss']:9.4f} {r['val_loss'] - (base['val_loss'] if base else 0):+10.4f} "
+        print(f"{r['name']:32s} {r['val_loss']:9.4f} {r['val_loss'] - (base['val_loss'] if base else 0):+10.4f} "
               f"{r['bytes_per_param']:13.4f} {r['state_bytes'] / 2**20:9.3f} {rb('state_bytes'):8.4f} "
               f"{1e3 * r['step_p50']:8.2f} {rb('step_p50'):8.3f} {1e3 * r['iso'][1]:7.2f} {iso_ratio:8.3f}  {r['note']}")
         cfg = dict(config, note=r["note"])
@@ -195,7 +201,7 @@ def report(results: list[dict], args) -> None:
                  mode=mode, config=cfg)
         rows.add("pretrain", r["name"], "first_step_time", "s", r["first_step"], mode=mode, config=cfg)
         rows.add("pretrain", r["name"], "train_wall_time", "s", r["wall"], mode=mode, config=cfg)
-    path = rows.write("optim" if not args.quick else "optim_quick")
+    path = rows.write(args.csv or ("optim" if not args.quick else "optim_quick"))
     print(f"\nrows written to {path}")
 
 

@@ -2,8 +2,8 @@
 
 Each configuration runs `python -m leanformer profile ... --json` in its own process, one at a time (the big
 ones hold several GB), and keeps the JSON in benchmarks/results/profile_<model>_<attn>[_<variant>].json.
-Then this script writes benchmarks/results/profile.csv (long format, benchmarks/_harness.py), a markdown table
-(benchmarks/results/profile_table.md) and a stacked-bar chart (benchmarks/results/profile_models.png).
+Then this script writes benchmarks/results/profile.csv (long format, benchmarks/_harness.py), prints a markdown
+table (the one in docs/profile.md) and draws a stacked-bar chart (benchmarks/results/profile_models.png).
 
     python benchmarks/bench_profile.py            # b8 s512 fp32, eager and sdpa, all four models (long: ~15 min)
     python benchmarks/bench_profile.py --quick    # 1 layer, b2 s128: a smoke test of the whole pipeline
@@ -94,7 +94,6 @@ def write_tables(reports: dict[str, StepMemoryReport], quick: bool) -> None:
         rows.add("train_step", name, "wall_time", "s", round(r.wall_time_s, 3), config=cfg)
     suffix = "_quick" if quick else ""
     table = "\n".join(lines)
-    (RESULTS / f"profile{suffix}_table.md").write_text(table + "\n")
     rows.write(f"profile{suffix}")
     print(table)
     try:

@@ -25,30 +25,41 @@ from _harness import Rows, time_fn  # noqa: E402
 
 from leanformer.models import build_model, minilm_dir  # noqa: E402
 from leanformer.quant import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config,  # noqa: E402
-                              WeightOnlyConfig, quantize_, save_quantized)
+                              WeightOnlyConfig, quantize_, save_quantized, set_activation_dtype_)
 from leanformer.quant.fidelity import SENTENCES, compare, embed  # noqa: E402
 
 W8 = WeightOnlyConfig(bits=8, group_size=None, symmetric=True, clip_search=False, refine_steps=0)
-EMB8, EMB4 = EmbeddingConfig(bits=8), EmbeddingConfig(bits=4, group_size=32, symmetric=False)
+W4G64 = WeightOnlyConfig(bits=4, group_size=64, act_weighting=True)
+EMB8, EMB4 = EmbeddingConfig(bits=8), EmbeddingConfig(bits=4, group_size=16, symmetric=False, refine_steps=3)
 
 
-def _ours(*configs):
+def _ours(*configs, act_dtype=None):
     def apply(model):
         for cfg in configs:
             quantize_(model, cfg)
+        if act_dtype is not None:  # run the float remainder (LayerNorm, attention, GELU) in bf16 too
+            set_activation_dtype_(model, act_dtype)
         return model
     return apply
 
 
 METHODS = {  # name -> (provider, description, function model -> model)
     "w8": ("leanformer", "int8 per-channel weights, int8 embeddings", _ours(W8, EMB8)),
-    "w8_emb4": ("leanformer", "int8 per-channel weights, int4 g32 embeddings", _ours(W8, EMB4)),
+    "w8_emb4": ("leanformer", "int8 per-channel weights, int4 g16 embeddings", _ours(W8, EMB4)),
     "w4g64_rtn": ("leanformer", "int4 sym g64 RTN (plain)", _ours(WeightOnlyConfig(bits=4, group_size=64, symmetric=True,
                                                                                     clip_search=False, refine_steps=0), EMB8)),
-    "w4g64": ("leanformer", "int4 asym g64 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=64), EMB8)),
-    "w4g32": ("leanformer", "int4 asym g32 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=32), EMB8)),
-    "mixed8.5": ("leanformer", "int4 g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(budget_mb=8.5), EMB8)),
+    "w4g64_mse": ("leanformer", "int4 asym g64 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=64), EMB8)),
+    "w4g64": ("leanformer", "w4g64_mse weighted by random-token input moments", _ours(W4G64, EMB8)),
+    "w4g32": ("leanformer", "same at g32", _ours(W4G64.replace(group_size=32), EMB8)),
+    "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
+    "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
+                      _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
     "w8a8": ("leanformer", "dynamic W8A8 per-token, torch._int_mm", _ours(W8A8Config(), EMB8)),
+    "w8+bf16act": ("leanformer", "w8 with bf16 activations", _ours(W8, EMB8, act_dtype=torch.bfloat16)),
+    "w4g64+bf16act": ("leanformer", "w4g64 with bf16 activations", _ours(W4G64, EMB8, act_dtype=torch.bfloat16)),
+    "mixed8.5+bf16act": ("leanformer", "mixed8.5 with bf16 activations",
+                         _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8, act_dtype=torch.bfloat16)),
+    "w8a8+bf16act": ("leanformer", "w8a8 with bf16 activations", _ours(W8A8Config(), EMB8, act_dtype=torch.bfloat16)),
     "squant_g64": ("leanformer", "SQuant int4 sym g64", _ours(SQuantConfig(bits=4, group_size=64), EMB8)),
     "ant_g64": ("leanformer", "ANT int4 g64 (per tensor type)", _ours(ANTConfig(bits=4, group_size=64), EMB8)),
     "ant_g64_ch": ("leanformer", "ANT int4 g64 (per channel type)",
@@ -172,7 +183,8 @@ def main() -> int:
             ap.error(f"unknown methods: {sorted(unknown)}")
         chosen = {k: v for k, v in chosen.items() if k in args.methods.split(",")}
     elif args.quick:
-        chosen = {k: chosen[k] for k in ("w8", "w4g64", "w8a8", "torchao_int8dyn", "hqq_4bit_g64")}
+        chosen = {k: chosen[k] for k in ("w8", "w4g64", "w4g64+bf16act", "w8a8", "w8a8+bf16act", "torchao_int8dyn",
+                                         "hqq_4bit_g64")}
     print(f"MiniLM-L6, {args.threads} thread(s), batch-32 = {tuple(batch32['input_ids'].shape)} tokens, "
           f"torch {torch.__version__}")
     fp32_linear_mb = sum(m.weight.numel() * 4 for m in base.modules() if isinstance(m, torch.nn.Linear)) / 1e6
@@ -185,9 +197,9 @@ def main() -> int:
         for name, (provider, desc, apply) in chosen.items():
             try:
                 model = copy.deepcopy(base)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 model = apply(model)
-                qtime = time.perf_counter() - t0
+                qtime, qcpu = time.perf_counter() - t0, time.process_time() - c0
                 fid = compare(ref, embed(model, tok, SENTENCES))
                 size = _size_mb(model, provider)
                 lin_mb = _linear_mb(model, provider)
@@ -204,12 +216,13 @@ def main() -> int:
                 continue
             s32f, s32b = lat32["fp32"] / lat32["q"], lat32["bf16"] / lat32["q"]
             s1f, s1b = lat1["fp32"] / lat1["q"], lat1["bf16"] / lat1["q"]
-            table.append((name, provider, fid.mean_cos, fid.worst_cos, fid.nn_agreement, size, qtime, s32f, s32b,
+            table.append((name, provider, fid.mean_cos, fid.worst_cos, fid.nn_agreement, size, qcpu, s32f, s32b,
                           s1f, s1b, lin_mb))
             cfg = {"method": name, "desc": desc}
             for metric, unit, value in [("mean_cos", "", fid.mean_cos), ("worst_cos", "", fid.worst_cos),
                                         ("nn_agreement", "", fid.nn_agreement), ("file_size", "MB", size),
                                         ("linear_weights", "MB", lin_mb), ("quant_time", "s", qtime),
+                                        ("quant_cpu_time", "s", qcpu),
                                         ("latency_b32", "ms", lat32["q"] * 1e3), ("latency_b1", "ms", lat1["q"] * 1e3),
                                         ("speedup_b32_vs_fp32", "x", s32f), ("speedup_b32_vs_bf16", "x", s32b),
                                         ("speedup_b1_vs_fp32", "x", s1f), ("speedup_b1_vs_bf16", "x", s1b)]:
@@ -233,13 +246,23 @@ def _linear_mb(model, provider) -> float:
     total = 0
     for m in model.modules():
         if type(m).__name__ in ("Linear", "HQQLinear"):
-            total += sum(t.numel() * t.element_size() for n, t in m.state_dict().items() if not n.endswith("bias")
+            total += sum(_tensor_bytes(t) for n, t in m.state_dict().items() if not n.endswith("bias")
                          and isinstance(t, torch.Tensor))
     return total / 1e6
 
 
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes, looking inside tensor subclasses (torchao) at their inner tensors."""
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n)) for n in names)
+    if isinstance(t, torch.nn.Parameter) and type(t.data) is not torch.Tensor:
+        return _tensor_bytes(t.data)
+    return t.numel() * t.element_size()
+
+
 def _print_table(table) -> None:
-    head = ("method", "provider", "mean cos", "worst", "NN", "file MB", "Lin MB", "quant s", "b32 vs fp32",
+    head = ("method", "provider", "mean cos", "worst", "NN", "file MB", "Lin MB", "quant CPU s", "b32 vs fp32",
             "b32 vs bf16", "b1 vs fp32", "b1 vs bf16")
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731

@@ -97,7 +97,8 @@ def main() -> None:
              ("step total", s["mem"].total, l["mem"].total, fmt_bytes),
              (f"largest batch in {fmt_bytes(budget)}", s["plan"].micro_batch, l["plan"].micro_batch, str)]
     for label, sv, lv, f in lines:
-        print(f"{label:<28}{f(sv):>20}{f(lv):>24}{lv / sv:>11.2f}x")
+        ratio = lv / sv
+        print(f"{label:<28}{f(sv):>20}{f(lv):>24}{(f'{ratio:.2f}x' if ratio >= 0.1 else f'{ratio:.4f}x'):>12}")
     print(f"rows written to {path}")
 
 

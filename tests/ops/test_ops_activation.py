@@ -24,13 +24,19 @@ def test_activation_matches_reference(dtype, kind, shape, noncontig):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_activation_bitwise_matches_its_implementation(dtype, kind):
-    """Forward and input gradient equal the implementation it replaces (same formula, same backward ops)."""
+def test_activation_matches_its_implementation(dtype, kind):
+    """Forward equals the implementation it replaces bit for bit. Input gradient: bit for bit for the
+    kernels (same aten backward) and QuickGELU (same autograd chain); the Python GELU formulas use the
+    fused GELU backward of the same function: last-ulp (fp32) / bf16-rounding differences."""
     x = make((4, 33), dtype, scale=4.0)
     out, ref = lean_activation(x, kind), act_forward(kind, x)
     assert torch.equal(out, ref)
     g = torch.randn_like(out)
-    assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    got, want = torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0]
+    if kind in ("gelu", "gelu_tanh", "silu", "quick_gelu"):
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
 
 
 @pytest.mark.parametrize("kind", ["gelu", "gelu_new", "silu"])

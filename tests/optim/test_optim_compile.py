@@ -1,12 +1,14 @@
 """Under torch.compile the step runs eagerly (torch.compiler.disable): no graph per step, same result as eager."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from leanformer.optim import APOLLO
 
 
+@pytest.mark.slow
 def test_compiled_caller_does_not_recompile_per_step():
     from torch._dynamo.utils import counters
 

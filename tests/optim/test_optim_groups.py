@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from leanformer.optim import APOLLO, APOLLOMini, paper_param_groups, state_bytes
+from leanformer.optim import APOLLO, APOLLOMini, lean_param_groups, paper_param_groups, state_bytes
 
 
 def _llama():
@@ -81,3 +81,17 @@ def test_paper_param_groups_llama():
     assert [g["lowrank"] for g in opt.state_bytes()["groups"]] == [True, False]
     with pytest.raises(ValueError, match="no Linear module"):
         paper_param_groups(nn.Sequential(nn.Linear(3, 3)))
+
+
+def test_lean_param_groups_llama():
+    model = _llama()
+    groups = lean_param_groups(model, rank=2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups[1]["params"]} == {"model.embed_tokens.weight", "lm_head.weight"}
+    assert groups[1]["lowrank"] is False and groups[1]["moments_8bit"] is True and groups[0]["rank"] == 2
+    opt = APOLLOMini(groups, lr=1e-3)
+    _one_step(model, opt)
+    report = opt.state_bytes()
+    emb_params = groups[1]["params"]
+    assert report["groups"][1]["bytes_per_param"] < 2.1 and "exp_avg_q" in opt.state[emb_params[0]]
+    assert report["bytes_per_param"] < 0.16 * 8 / 8 * 8 / 4  # well under AdamW's 8 B/param

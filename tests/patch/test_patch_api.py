@@ -146,17 +146,3 @@ def test_generic_fallback_on_an_unnamed_model():
         torch.testing.assert_close(a, b, **TOL[torch.float32])
     with pytest.raises(ValueError, match="nothing to swap"):
         leanformer.patch_(copy.deepcopy(stock), LeanConfig(generic=False))
-
-
-def test_inplace_edit_of_saved_tensor_raises():
-    _, lean, _ = stock_and_lean("bert")
-    data = make_batch(lean, 2, 6)
-    captured = {}
-    layer = lean.bert.encoder.layer[0].attention.self
-    handle = layer.register_forward_hook(lambda m, a, out: captured.setdefault("out", out[0]))
-    loss = lean(**data).loss
-    handle.remove()
-    with torch.no_grad():
-        captured["out"].mul_(2.0)  # the attention output is saved by the lean attention and the projection
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        loss.backward()

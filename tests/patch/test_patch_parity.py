@@ -8,19 +8,25 @@ reference: HF eager attention (and SDPA, whose CPU math fallback draws the same 
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import TOL
-from patch_util import assert_same_step, make_batch, run_step, stock_and_lean
+from patch_util import assert_same_step, make_batch, run_step, stock_and_lean, tiny_model
 
 import leanformer
 
 SHAPES = [(1, 7, 0), (3, 13, 5), (2, 16, 0)]  # (batch, seq, padding on the last sequence)
 
 
+# default run: each lean attention mode once; the full cross product (stock eager/sdpa x modes) is marked slow
+COMBOS = [("eager", "flash"), ("sdpa", "auto"), ("eager", "tempo")]
+SLOW_COMBOS = [("sdpa", "flash"), ("sdpa", "tempo"), ("eager", "auto"), ("eager", "sdpa")]
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
-@pytest.mark.parametrize("stock_attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("mode", ["auto", "flash", "tempo"])
+@pytest.mark.parametrize("stock_attn,mode", COMBOS + [pytest.param(*c, marks=pytest.mark.slow) for c in SLOW_COMBOS])
 def test_patched_matches_stock(arch, stock_attn, mode):
     stock, lean, report = stock_and_lean(arch, stock_attn, leanformer.LeanConfig(attention=mode))
     assert report.counts()["attention"] == 2
@@ -31,7 +37,6 @@ def test_patched_matches_stock(arch, stock_attn, mode):
 
 def test_minilm_real_weights_match_stock():
     from leanformer.models import build_model
-    import copy
 
     stock = build_model("minilm", task="base").train()
     lean = copy.deepcopy(stock)
@@ -74,3 +79,12 @@ def test_eval_mode_and_no_grad_match_stock():
     data = make_batch(stock, 2, 10, pad_last=2)
     with torch.no_grad():
         torch.testing.assert_close(stock(**data).logits, lean(**data).logits, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_bf16_parameters_match_stock(arch):
+    stock = tiny_model(arch, "eager").to(torch.bfloat16)
+    lean = copy.deepcopy(stock)
+    leanformer.patch_(lean)
+    data = make_batch(stock, 2, 9, pad_last=3)
+    assert_same_step(run_step(stock, data), run_step(lean, data), TOL[torch.bfloat16])

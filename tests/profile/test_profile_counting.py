@@ -136,3 +136,19 @@ def test_custom_function_ctx_attributes_are_counted():
     h = 3 * 5 * F32
     assert r.by_module == {"0": h, "1": h, "(autograd.Function ctx attributes)": h}
     assert any("ctx attributes" in n for n in r.notes)
+
+
+def test_quantized_wrapper_subclass_weights_count_their_packed_bytes():
+    """torchao's Int8Tensor has no storage of its own: its packed int8 data and scales are what is counted."""
+    quantization = pytest.importorskip("torchao.quantization")
+    model = nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32))
+    quantization.quantize_(model, quantization.Int8WeightOnlyConfig())
+    model[0].weight.requires_grad_(False)
+    from leanformer.profile.storage import storages
+
+    inner = storages(model[0].weight)
+    assert len(inner) >= 2 and any(n == 64 * 32 for _, n in inner)  # 1 byte per weight + scale tensors
+    r = measure_step(model, torch.randn(3, 64, requires_grad=True), loss_fn=_sum)
+    plain = sum(_nbytes(p) for n, p in model.named_parameters() if n != "0.weight")
+    assert r.params_bytes == plain + sum(n for _, n in inner)
+    assert r.params_bytes < 64 * 32 * F32  # far below the fp32 weight alone

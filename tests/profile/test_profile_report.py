@@ -125,3 +125,22 @@ def test_bad_losses_raise_clearly():
         measure_step(model, x, loss_fn=lambda out: 1.0)
     with torch.no_grad(), pytest.raises(ValueError, match="does not require grad"):
         measure_step(model, x)
+
+
+@pytest.mark.parametrize("savers, module, random, kind", [
+    ({"MulBackward0"}, "LlamaRMSNorm", False, "norm"),  # RMSNorm written as pow/mean/rsqrt/mul
+    ({"MulBackward0"}, "LlamaMLP", False, "activation"),  # GLU product act(gate) * up
+    ({"MulBackward0"}, "BertSelfAttention", True, "dropout_mask"),  # CPU F.dropout: bernoulli_ mask saved by mul
+    ({"MulBackward0"}, "LlamaAttention", False, "other"),  # RoPE cos/sin
+    ({"SoftmaxBackward0", "BmmBackward0"}, None, False, "softmax_attention"),  # shared P: attention wins
+    ({"NativeLayerNormBackward0"}, "LayerNorm", False, "norm"),
+    ({"AddmmBackward0", "NativeLayerNormBackward0"}, None, False, "matmul_input"),
+    ({"LogSoftmaxBackward0"}, "BertForMaskedLM", False, "other"),
+    ({"NativeDropoutBackward0"}, None, False, "dropout_mask"),
+    ({"_LeanGELUFunctionBackward"}, None, False, "activation"),
+    ({"EmbeddingBackward0"}, "Embedding", False, "other"),
+])
+def test_kind_rules(savers, module, random, kind):
+    from leanformer.profile.kinds import classify
+
+    assert classify(savers, module, random) == kind

@@ -113,3 +113,10 @@ def test_bad_input():
         ant_quantize(w, bits=4, granularity="group")
     with pytest.raises(ValueError, match="types"):
         ant_quantize(w, bits=4, types=("int", "posit"))
+
+
+def test_bf16_weight_equals_its_fp32_copy():
+    weight = torch.randn(6, 32).to(torch.bfloat16)
+    a = ant_quantize(weight, bits=4, group_size=16)
+    b = ant_quantize(weight.float(), bits=4, group_size=16)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale) and a.format == b.format

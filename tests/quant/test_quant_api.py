@@ -76,11 +76,11 @@ def test_unsupported_modules_and_configs():
         quantize_(_mlp(), {"bits": 4})
     with pytest.raises(ValueError, match="does not divide"):
         quantize_(nn.Sequential(nn.Linear(48, 8)), WeightOnlyConfig(bits=4, group_size=32))
-    model = nn.Sequential(nn.Linear(4, 4))
-    model[0].weight.data[0, 0] = float("nan")
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[1].weight.data[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN"):
         quantize_(model, WeightOnlyConfig(group_size=None))
-    assert isinstance(model[0], nn.Linear)  # the failed call left the model as it was
+    assert all(type(m) is nn.Linear for m in model)  # the failed call left every layer as it was
 
 
 @pytest.mark.parametrize("bad", [dict(bits=3.5), dict(bits=9), dict(bits=True), dict(group_size=0),
@@ -124,3 +124,25 @@ def test_mixed_precision_respects_budget_on_tiny_bert():
     report = quantize_(model, MixedPrecisionConfig(low=WeightOnlyConfig(bits=4, group_size=32), budget_mb=budget))
     assert report.bytes_after <= budget * 1e6
     assert {layer.bits for layer in report.layers} == {4, 8}
+
+
+def test_act_weighting_uses_input_moments():
+    from leanformer.quant.calib import input_moments
+    from leanformer.quant.rtn import quantize_rtn
+
+    model = _mlp()
+    x = torch.randn(64, 32) * torch.linspace(0.1, 3.0, 32)  # very unequal input features
+    cfg = WeightOnlyConfig(bits=4, group_size=32, act_weighting=True)
+    with pytest.raises(ValueError, match="example_inputs"):
+        quantize_(_mlp(), cfg)  # no vocabulary to draw random tokens from, and no inputs given
+    moments = input_moments(model, ["0"], x)
+    torch.testing.assert_close(moments["0"], x.pow(2).mean(0), **TOL[torch.float32])
+    plain = quantize_rtn(model[0].weight, bits=4, group_size=32, symmetric=False, clip_search=True, refine_steps=3)
+    weighted = quantize_rtn(model[0].weight, bits=4, group_size=32, symmetric=False, clip_search=True,
+                            refine_steps=3, importance=moments["0"])
+    out_err = lambda qw: (x @ (model[0].weight - qw.dequantize()).T).pow(2).mean()  # noqa: E731
+    assert out_err(weighted) < out_err(plain)  # weighting lowers the output error it targets
+    quantize_(model, cfg, example_inputs=x)
+    torch.testing.assert_close(model[0].quantized_weight().dequantize(), weighted.dequantize(), **TOL[torch.float32])
+    with pytest.raises(ValueError, match="importance"):
+        quantize_rtn(torch.randn(4, 8), bits=4, importance=torch.ones(7))

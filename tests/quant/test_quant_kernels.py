@@ -127,3 +127,16 @@ def test_input_shapes_and_bad_input():
         mod(torch.randn(2, 64), kernel="nope")
     with pytest.raises(ValueError, match="W8A8"):
         QuantizedLinear(64, 48, bits=4, act_bits=8)
+
+
+@needs_bf16
+def test_int8pack_with_misaligned_weight():
+    """safetensors returns tensors at arbitrary offsets; the raw kernel segfaults on them (seen here)."""
+    mod = _module(48, 64, bits=8)
+    buf = torch.empty(48 * 64 + 8, dtype=torch.int8)
+    misaligned = buf[8:].view(48, 64)
+    misaligned.copy_(mod.qweight)
+    assert misaligned.data_ptr() % 64 != 0
+    mod.qweight = misaligned
+    x = _inputs(20, 64)
+    torch.testing.assert_close(mod(x, kernel="int8pack"), _ref(mod, x, torch.bfloat16), **TOL[torch.bfloat16])

@@ -121,3 +121,23 @@ def test_not_a_checkpoint_and_corruption(tmp_path):
     meta.write_text(json.dumps({"format": "leanformer.quant", "version": 99}))
     with pytest.raises(CheckpointError, match="newer"):
         load_quantized(ck)
+
+
+def test_bf16_activations_roundtrip(tmp_path):
+    from leanformer.quant import set_activation_dtype_
+
+    model = _tiny_bert()
+    with pytest.raises(ValueError, match="activation dtype"):
+        set_activation_dtype_(model, torch.int8)
+    set_activation_dtype_(model, torch.bfloat16)
+    q = model.encoder.layer[0].attention.self.query
+    assert q.scale.dtype == torch.float16  # quantized storage untouched (model.to(bf16) would cast it)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        out = model(input_ids=ids).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    save_quantized(model, tmp_path)
+    loaded = load_quantized(tmp_path)
+    assert loaded.embeddings.LayerNorm.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).last_hidden_state, out)

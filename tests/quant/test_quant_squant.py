@@ -169,3 +169,10 @@ def test_bad_input():
         squant_quantize(w, bits=4, kernel_size=5)
     with pytest.raises(TypeError):
         squant_quantize(torch.ones(4, 4, dtype=torch.int32), bits=4)
+
+
+def test_bf16_weight_equals_its_fp32_copy():
+    weight = torch.randn(6, 4, 3, 3).to(torch.bfloat16)
+    a = squant_quantize(weight, bits=4)
+    b = squant_quantize(weight.float(), bits=4)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale)

@@ -53,3 +53,21 @@ def test_two_process_run_matches_single_process(tmp_path, text_file, tiny, mode)
     assert proc.stdout.count("done:") == 1  # only rank 0 reports
     assert f"{mode} x2" in proc.stderr
     _assert_close(_weights(single), _weights(multi))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp2_resume_is_bit_identical(tmp_path, text_file):
+    """FSDP2 checkpoints keep each rank's optimizer shard (APOLLO's moments are shard-local plain tensors,
+    which a gathered 'full' optimizer state dict would replace by rank 0's copy)."""
+    args = ["--layers", "1", "--hidden", "64", "--seq", "32", "--batch", "4", "--steps", "4", "--data",
+            str(text_file), "--no-memory-table", "--eval-every", "0", "--distributed", "fsdp2"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "leanformer", "train"]
+    for extra in (["--save-every", "2", "--out", str(tmp_path / "a")],
+                  ["--resume", str(tmp_path / "a" / "step-000002"), "--out", str(tmp_path / "b")]):
+        proc = subprocess.run(launch + args + extra, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(tmp_path / "a" / "step-000004" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "step-000004" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -12,7 +12,8 @@ METHODS = ("rtn", "mse", "squant", "ant", "w8a8")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm", help="'minilm' or a Hugging Face model directory")
     parser.add_argument("--method", choices=METHODS, default="mse",
-                        help="rtn: round-to-nearest; mse: asymmetric + data-free clip search (default); "
+                        help="rtn: round-to-nearest; mse: asymmetric + clip search + least-squares refits weighted by "
+                             "random-token input statistics, no data (default); "
                              "squant / ant: the papers' rounding / numeric types; w8a8: dynamic int8 activations")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
     parser.add_argument("--group-size", type=int, default=None,
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Linear weights (rtn/mse)")
     parser.add_argument("--embedding-bits", type=int, choices=(0, 4, 8), default=8,
                         help="quantize embedding tables per row (0 = keep them float)")
+    parser.add_argument("--act-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of the float remainder (LayerNorm, attention, GELU); bfloat16 is ~3x faster on "
+                             "CPUs with native bf16 and is saved with the checkpoint")
     parser.add_argument("--out", required=True, help="output directory (a new, empty, or leanformer checkpoint dir)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty foreign directory")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -50,7 +54,7 @@ def build_config(args: argparse.Namespace):
         else:
             mse = args.method == "mse"
             cfg = WeightOnlyConfig(bits=args.bits, group_size=gs, symmetric=args.symmetric or (not mse and args.bits == 8),
-                                   clip_search=mse, refine_steps=3 if mse else 0)
+                                   clip_search=mse, refine_steps=3 if mse else 0, act_weighting=mse)
         if args.budget_mb is not None:
             if not isinstance(cfg, WeightOnlyConfig) or args.bits != 4:
                 raise CLIError("--budget-mb works with --method rtn|mse and --bits 4")
@@ -58,6 +62,16 @@ def build_config(args: argparse.Namespace):
         return cfg
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+
+
+def embedding_config(bits: int):
+    """8 bits: symmetric per row (lossless in practice); 4 bits: asymmetric groups of 16 with refits, the best
+    int4 layout measured on MiniLM (mean cosine 0.9988 with int8 weights, vs 0.9981 at g32)."""
+    from leanformer.quant import EmbeddingConfig
+
+    if bits == 8:
+        return EmbeddingConfig(bits=8)
+    return EmbeddingConfig(bits=4, group_size=16, symmetric=False, refine_steps=3)
 
 
 def _dir_mb(path: Path) -> float:
@@ -71,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from leanformer.models import ModelError, build_model, resolve
-    from leanformer.quant import CheckpointError, EmbeddingConfig, quantize_, save_quantized
+    from leanformer.quant import CheckpointError, quantize_, save_quantized, set_activation_dtype_
     from leanformer.quant.serialize import check_writable
     from leanformer.quant.fidelity import SENTENCES, compare, embed
 
@@ -93,10 +107,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = quantize_(model, config)
         if args.embedding_bits:
-            report = report.merge(quantize_(model, EmbeddingConfig(bits=args.embedding_bits)))
+            report = report.merge(quantize_(model, embedding_config(args.embedding_bits)))
     except (ValueError, TypeError, ImportError) as exc:
         raise CLIError(f"quantization failed: {exc}") from exc
     seconds = time.perf_counter() - start
+    if args.act_dtype != "float32":
+        set_activation_dtype_(model, getattr(torch, args.act_dtype))
     try:
         save_quantized(model, out, overwrite=args.overwrite)
     except CheckpointError as exc:

@@ -93,7 +93,8 @@ def format_memory_table(mem: dict) -> str:
              f"  {'':<18}{head_l:>22}{head_s:>22}{'lean/stock':>12}"]
     for label, key in rows:
         ratio = lean[key] / stock[key] if stock[key] else float("nan")
-        lines.append(f"  {label:<18}{fmt_bytes(lean[key]):>22}{fmt_bytes(stock[key]):>22}{ratio:>11.2f}x")
+        shown = f"{ratio:.2f}x" if ratio >= 0.1 or ratio != ratio else f"{ratio:.4f}x"  # keep tiny ratios visible
+        lines.append(f"  {label:<18}{fmt_bytes(lean[key]):>22}{fmt_bytes(stock[key]):>22}{shown:>12}")
     return "\n".join(lines)
 
 

@@ -27,7 +27,8 @@ from ._amp import no_autocast
 from .activation import ACTIVATIONS, GELU_KINDS, check_kind
 from .bitpack import pack_bits, unpack_bits
 
-_BISECT_STEPS = 64      # float64 bracket of width <= 32 shrinks below 1e-17
+_BISECT_STEPS = 48      # float64 brackets of width <= 16 shrink below 6e-14
+_LEFT_END = -16.0       # act(-16) ~ -1e-56 underflows fp32/bf16: every stored left-branch y lies in [-16, x_min]
 
 
 @lru_cache(maxsize=None)
@@ -44,7 +45,7 @@ def _invert(kind: str, y: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """float64 x with act(x) = y on the branch given by ``right`` (x >= x_min), by bisection."""
     f, xm = ACTIVATIONS[kind], gelu_minimum(kind)
     y = y.to(torch.float64)
-    lo = torch.where(right, torch.full_like(y, xm), torch.full_like(y, -32.0))
+    lo = torch.where(right, torch.full_like(y, xm), torch.full_like(y, _LEFT_END))
     hi = torch.where(right, y.clamp(min=0.0) + 1.0, torch.full_like(y, xm))
     sign = torch.where(right, 1.0, -1.0).to(torch.float64)   # act increasing on the right branch
     for _ in range(_BISECT_STEPS):

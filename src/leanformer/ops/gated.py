@@ -24,7 +24,10 @@ def _gated_forward(kind, g, u):
 class _GatedActFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, u, kind: str):
-        h = _gated_forward(kind, g, u)
+        a = act_forward(kind, g)
+        h = a * u
+        ctx.act_dtype = a.dtype
+        del a
         amp = AmpState.capture(g)
         ctx.save_for_backward(g, u)
         ctx.kind, ctx.amp = kind, amp
@@ -40,12 +43,12 @@ class _GatedActFunction(torch.autograd.Function):
             with torch.no_grad(), ctx.amp.restore():
                 a = act_forward(ctx.kind, g)                  # act(g), rebuilt
             with no_autocast(dh):
-                du = dh * a
+                du = (dh * a).to(u.dtype)      # autograd casts a gradient to its input's dtype
             del a
         if ctx.needs_input_grad[0]:
             with no_autocast(dh):
-                da = dh * u
-            dg = act_backward(ctx.kind, da, g, ctx.amp)
+                da = (dh * u).to(ctx.act_dtype)
+            dg = act_backward(ctx.kind, da, g, ctx.amp).to(g.dtype)
         return dg, du, None
 
 

@@ -44,11 +44,14 @@ class _LayerNormFunction(torch.autograd.Function):
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
         with no_autocast(dy):
-            if dy.dtype != x.dtype and not x.dtype.is_floating_point:  # pragma: no cover - defensive
-                raise TypeError("lean_layer_norm: non-floating input")
-            # autocast may have run forward in a wider dtype than x (CUDA lists layer_norm as fp32)
-            xs = x.to(dy.dtype) if (dy.dtype != x.dtype and weight is not None and weight.dtype == dy.dtype) else x
-            dx, dw, db = torch.ops.aten.native_layer_norm_backward(dy, xs, ctx.shape, mean, rstd, weight, bias, mask)
+            # CUDA autocast runs layer_norm in fp32: redo the cast it made (CPU autocast leaves dtypes alone)
+            wide = dy.dtype if dy.dtype != x.dtype else None
+            xs = x.to(wide) if wide else x
+            ws = weight.to(wide) if wide and weight is not None else weight
+            bs = bias.to(wide) if wide and bias is not None else bias
+            dx, dw, db = torch.ops.aten.native_layer_norm_backward(dy, xs, ctx.shape, mean, rstd, ws, bs, mask)
+        dw = dw.to(weight.dtype) if dw is not None else None
+        db = db.to(bias.dtype) if db is not None else None
         return (None if dx is None else dx.to(x.dtype)), dw, db, None, None
 
 

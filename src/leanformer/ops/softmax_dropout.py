@@ -19,6 +19,11 @@ from .bitpack import pack_bits, unpack_bits
 from .dropout import _FUSED_DEVICES, _apply_mask, dropout_with_mask
 
 
+def _mask(t, keep, p, fused):
+    """dropout's multiply: ``keep`` is a bool mask (fused kernels) or the prebuilt noise (fused is None)."""
+    return t * keep if fused is None else _apply_mask(t, keep, p, fused)
+
+
 def _softmax(scores, softmax_dtype):
     if softmax_dtype is None:
         return F.softmax(scores, dim=-1)
@@ -50,12 +55,15 @@ class _SoftmaxDropoutMatmulFunction(torch.autograd.Function):
             dout = dout.to(cdt)
             pc = probs.to(pc_dtype)
             keep = unpack_bits(packed, shape) if packed is not None else None
-            dropped = pc if keep is None else _apply_mask(pc, keep, p, fused)   # dropout(P), rebuilt exactly
+            if keep is not None and not fused:   # build the CPU noise tensor once, use it twice
+                keep = keep.to(pc_dtype).div_(1 - p) if p < 1 else torch.zeros_like(pc)
+                fused = None
+            dropped = pc if keep is None else _mask(pc, keep, p, fused)        # dropout(P), rebuilt exactly
             dv = torch.matmul(dropped.to(cdt).transpose(-1, -2), dout).to(v_dtype) if ctx.needs_input_grad[1] else None
             ds = None
             if ctx.needs_input_grad[0]:
                 dd = torch.matmul(dout, vc.transpose(-1, -2)).to(pc_dtype)       # d dropout(P)
-                dpc = dd if keep is None else _apply_mask(dd, keep, p, fused)
+                dpc = dd if keep is None else _mask(dd, keep, p, fused)
                 dprobs = dpc.to(probs.dtype)
                 ds = torch._softmax_backward_data(dprobs, probs, -1, s_dtype)
         return ds, dv, None, None

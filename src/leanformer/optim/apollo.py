@@ -21,8 +21,9 @@ import numbers
 
 import torch
 
+from . import quant_state
 from .distributed import local_view
-from .functional import adamw, apollo
+from .functional import _step_size, adamw, apollo
 from .projection import SeedChain, is_right
 from .state import state_bytes
 
@@ -46,6 +47,8 @@ class APOLLO(torch.optim.Optimizer):
         betas, eps, weight_decay: as AdamW (decoupled decay, applied after the update as the official code).
         norm_growth_limit: gamma of the limiter (``||U_t|| <= gamma ||U_{t-1}||``); ``None`` disables it.
         foreach: ``False`` runs the single-tensor reference loop; otherwise the batched path.
+        Group key ``moments_8bit=True``: the group's parameters off the low-rank path keep 8-bit AdamW moments
+            (quant_state.py; ~2 B/param), e.g. for embeddings and the LM head (see ``lean_param_groups``).
     """
 
     def __init__(self, params, lr: float = 1e-3, *, rank: int, scale_type: str = "channel",
@@ -54,7 +57,7 @@ class APOLLO(torch.optim.Optimizer):
                  norm_growth_limit: float | None = 1.01, foreach: bool | None = None):
         defaults = dict(lr=lr, rank=rank, scale_type=scale_type, update_proj_gap=update_proj_gap, scale=scale,
                         proj=proj, betas=betas, eps=eps, weight_decay=weight_decay,
-                        norm_growth_limit=norm_growth_limit, foreach=foreach, lowrank=None)
+                        norm_growth_limit=norm_growth_limit, foreach=foreach, lowrank=None, moments_8bit=False)
         _check_hyper(defaults, "defaults")
         self._seeds = SeedChain()
         super().__init__(params, defaults)
@@ -105,6 +108,9 @@ class APOLLO(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     self._init_state(state, param, group, lowrank, where)
+                if not lowrank and group["moments_8bit"]:
+                    self._step_8bit(param, state, group, where)
+                    continue
                 bucket = low if lowrank else plain
                 for key in plain:
                     bucket[key].append(param.grad if key == "grads" else param if key == "params"
@@ -124,6 +130,16 @@ class APOLLO(torch.optim.Optimizer):
         return loss
 
     @staticmethod
+    def _step_8bit(param: torch.Tensor, state: dict, group: dict, where: str) -> None:
+        """Plain AdamW with 8-bit moments (quant_state.py): a per-tensor loop, no batched path."""
+        view = local_view(param, param.grad, matrix=False, where=where)
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        quant_state.adamw_8bit_step(view.param, view.grad, state, lr=group["lr"], beta1=beta1, beta2=beta2,
+                                    eps=group["eps"], weight_decay=group["weight_decay"],
+                                    step_size=_step_size(int(state["step"].item()), group["lr"], beta1, beta2))
+
+    @staticmethod
     def _init_state(state: dict, param: torch.Tensor, group: dict, lowrank: bool, where: str) -> None:
         view = local_view(param, param.grad, matrix=lowrank, where=where)
         dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -135,6 +151,8 @@ class APOLLO(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=device)
             state["exp_avg_sq"] = torch.zeros(shape, dtype=dtype, device=device)
             state["norm_prev"] = torch.full((), math.inf, dtype=torch.float32, device=device)
+        elif group["moments_8bit"]:
+            quant_state.init_state(state, view.param)
         else:
             state["exp_avg"] = torch.zeros_like(view.param, dtype=dtype, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(view.param, dtype=dtype, memory_format=torch.preserve_format)
@@ -207,6 +225,8 @@ def _check_hyper(group: dict, where: str) -> None:
         bad(f"norm_growth_limit must be None or a number >= 1, got {limit!r}")
     if group["lowrank"] not in (None, True, False):
         bad(f"lowrank must be None, True or False, got {group['lowrank']!r}")
+    if group["moments_8bit"] not in (True, False):
+        bad(f"moments_8bit must be True or False, got {group['moments_8bit']!r}")
 
 
 def _check_group(group: dict, where: str) -> None:

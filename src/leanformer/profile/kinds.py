@@ -30,12 +30,10 @@ KIND_LABELS = {
 }
 
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "mv", "addmv", "dot", "vdot",
-           "convolution", "convolutionbackward", "einsum", "tensordot", "_int_mm", "intmm", "weightint8packmm"}
+           "convolution", "einsum", "tensordot"}
 _ACTIVATION = {"gelu", "silu", "relu", "relu6", "tanh", "sigmoid", "elu", "selu", "celu", "leakyrelu", "hardswish",
                "hardsigmoid", "hardtanh", "mish", "softplus", "glu", "threshold", "prelu", "swiglu", "geglu",
                "erf", "logsigmoid"}
-_ELEMENTWISE = {"mul", "div", "add", "sub", "pow", "rsqrt", "sqrt", "mean", "sum", "exp", "log", "neg", "reciprocal",
-                "square", "where", "clamp", "abs", "addcmul", "addcdiv", "var", "varmean", "std"}
 
 _BACKWARD_SUFFIX = re.compile(r"backward\d*$")
 
@@ -61,9 +59,7 @@ def kind_of_node(node_type_name: str) -> str | None:
         return "matmul_input"
     if op in _ACTIVATION or any(a in op for a in ("gelu", "silu", "swiglu", "geglu", "relu")):
         return "activation"
-    if op in _ELEMENTWISE:
-        return None
-    return None
+    return None  # generic elementwise (mul, pow, rsqrt, ...) or unknown: decided by the module context
 
 
 def kind_of_module(module_type_name: str) -> str | None:

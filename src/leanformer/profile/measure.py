@@ -15,7 +15,8 @@ import torch
 
 from .kinds import KINDS
 from .report import StepMemoryReport
-from .tracker import SavedTensorTracker, _flat_tensors
+from .storage import unique_bytes
+from .tracker import SavedTensorTracker, _flat_tensors, is_compiled
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -82,18 +83,10 @@ def _check_loss(loss: Any) -> torch.Tensor:
     return loss
 
 
-def _unique_bytes(tensors) -> int:
-    seen: dict[tuple[str, int], int] = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        seen[(t.device.type, storage.data_ptr())] = storage.nbytes()
-    return sum(seen.values())
-
-
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     if optimizer is None:
         return 0
-    return _unique_bytes(t for state in optimizer.state.values() for t in _flat_tensors(dict(state)))
+    return unique_bytes(t for state in optimizer.state.values() for t in _flat_tensors(dict(state)))
 
 
 def _sync(device: torch.device) -> None:
@@ -151,8 +144,8 @@ def measure_step(model: torch.nn.Module, inputs: Any, *, loss_fn: Callable[[Any]
         per[kind] = per.get(kind, 0) + rec.nbytes
         by_kind[kind] += rec.nbytes
     return StepMemoryReport(
-        params_bytes=_unique_bytes(params),
-        grads_bytes=_unique_bytes(p.grad for p in params if p.grad is not None),
+        params_bytes=unique_bytes(params),
+        grads_bytes=unique_bytes(p.grad for p in params if p.grad is not None),
         optimizer_state_bytes=optimizer_state_bytes(optimizer),
         saved_activation_bytes=sum(rec.nbytes for rec in tracker.records.values()),
         by_module=by_module, by_kind=by_kind, by_module_kind=by_module_kind,
@@ -165,6 +158,9 @@ def measure_step(model: torch.nn.Module, inputs: Any, *, loss_fn: Callable[[Any]
 
 def _notes(model: torch.nn.Module) -> list[str]:
     notes = []
+    if is_compiled(model):
+        notes.append("compiled model: tensors saved by a compiled region are attributed to the module that called "
+                     "it, and its saving node is CompiledFunctionBackward, so their kind falls back to the module's")
     if not model.training:
         notes.append("the model is in eval mode (dropout off): call model.train() for training figures")
     # transformers v5 renamed is_gradient_checkpointing (which now warns) to is_activation_checkpointing

@@ -24,6 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .kinds import classify
+from .storage import storages
 
 _RANDOM_FILL_OPS = ("bernoulli", "native_dropout", "rand", "randn", "uniform", "normal")
 
@@ -39,10 +40,6 @@ class SavedRecord:
     savers: set[str] = field(default_factory=set)  # autograd node class names that saved it
 
 
-def _storage_key(t: torch.Tensor) -> tuple[str, int]:
-    return (t.device.type, t.untyped_storage().data_ptr())
-
-
 class _RandomFillMode(TorchDispatchMode):
     """Marks storages whose content came from a random op; a fresh allocation clears the mark."""
 
@@ -54,9 +51,8 @@ class _RandomFillMode(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         name = func.__name__.split(".")[0]
         is_random = name.startswith(_RANDOM_FILL_OPS)
-        in_keys = {_storage_key(a) for a in _flat_tensors(args) + _flat_tensors(kwargs)}
-        for t in _flat_tensors(out):
-            key = _storage_key(t)
+        in_keys = {key for a in _flat_tensors(args) + _flat_tensors(kwargs) for key, _ in storages(a)}
+        for key, _ in (s for t in _flat_tensors(out) for s in storages(t)):
             if is_random:
                 self.random.add(key)
             elif key not in in_keys:  # a new allocation: whatever lived at this address before is gone
@@ -67,7 +63,7 @@ class _RandomFillMode(TorchDispatchMode):
 
 def _flat_tensors(obj) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
-        return [obj] if obj.layout == torch.strided and obj.device.type != "meta" else []
+        return [obj]
     if isinstance(obj, (list, tuple)):
         return [t for x in obj for t in _flat_tensors(x)]
     if isinstance(obj, dict):
@@ -80,16 +76,36 @@ class SavedTensorTracker:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
+        # Any active TorchDispatchMode makes torch.compile fall back to eager, which would profile a different
+        # (eager) saved set; for compiled models the mode is skipped (its only job is spotting CPU dropout masks).
+        self.compiled = is_compiled(model)
         self.records: dict[tuple[str, int], SavedRecord] = {}
         self.pack_events = 0
-        self._excluded = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
+        self._excluded = {key for t in [*model.parameters(), *model.buffers()] for key, _ in storages(t)}
         self._stack: list[tuple[torch.nn.Module, str]] = []
         self._mode = _RandomFillMode()
         self._exit = contextlib.ExitStack()
 
     # -- module stack ---------------------------------------------------------------------------------
+    def _hookable_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """Every module except those dynamo would trace: a hook that mutates our stack inside a compiled
+        region breaks tracing, so compiled regions are observed from their nearest uncompiled caller."""
+        out: list[tuple[str, torch.nn.Module]] = []
+
+        def visit(name: str, module: torch.nn.Module) -> None:
+            compiled_call = getattr(module, "_compiled_call_impl", None) is not None  # module.compile()
+            if not compiled_call:
+                out.append((name, module))
+            if compiled_call or type(module).__name__ == "OptimizedModule":  # torch.compile(module)
+                return
+            for child_name, child in module.named_children():
+                visit(f"{name}.{child_name}" if name else child_name, child)
+
+        visit("", self.model)
+        return out
+
     def _install_module_hooks(self) -> None:
-        for name, module in self.model.named_modules():
+        for name, module in self._hookable_modules():
             def pre(mod, _inputs, _name=name):
                 self._stack.append((mod, _name))
 
@@ -105,23 +121,20 @@ class SavedTensorTracker:
     # -- saved tensors --------------------------------------------------------------------------------
     def _pack(self, t: torch.Tensor):
         self.pack_events += 1
-        if t.layout != torch.strided or t.device.type == "meta":
-            return t  # sparse/nested/meta tensors: no plain storage to count
-        key = _storage_key(t)
-        storage = t.untyped_storage()
-        if key in self._excluded or storage.nbytes() == 0:
-            return t
-        if key not in self.records:
-            mod, name = self._stack[-1] if self._stack else (None, "(outside model)")
-            self.records[key] = SavedRecord(
-                nbytes=storage.nbytes(), module=name, module_type=type(mod).__name__ if mod is not None else None,
-                random_filled=key in self._mode.random)
+        mod, name = self._stack[-1] if self._stack else (None, "(outside model)")
+        for key, nbytes in storages(t):
+            if key in self._excluded or key in self.records or nbytes == 0:
+                continue
+            self.records[key] = SavedRecord(nbytes=nbytes, module=name,
+                                            module_type=type(mod).__name__ if mod is not None else None,
+                                            random_filled=key in self._mode.random)
         return t
 
     def __enter__(self) -> "SavedTensorTracker":
         self._install_module_hooks()
         self._exit.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, _identity))
-        self._exit.enter_context(self._mode)
+        if not self.compiled:
+            self._exit.enter_context(self._mode)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -138,8 +151,8 @@ class SavedTensorTracker:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            for t in _node_saved_tensors(node):
-                rec = self.records.get(_storage_key(t))
+            for key, _ in (s for t in _node_saved_tensors(node) for s in storages(t)):
+                rec = self.records.get(key)
                 if rec is not None:
                     rec.savers.add(type(node).__name__)
             self._record_ctx_attributes(node)
@@ -156,13 +169,17 @@ class SavedTensorTracker:
         attrs = getattr(node, "__dict__", None)
         if not attrs:
             return
-        for t in _flat_tensors(list(attrs.values())):
-            key = _storage_key(t)
-            storage = t.untyped_storage()
-            if key in self._excluded or key in self.records or storage.nbytes() == 0:
+        for key, nbytes in (s for t in _flat_tensors(list(attrs.values())) for s in storages(t)):
+            if key in self._excluded or key in self.records or nbytes == 0:
                 continue
-            self.records[key] = SavedRecord(nbytes=storage.nbytes(), module=self.CTX_MODULE, module_type=None,
+            self.records[key] = SavedRecord(nbytes=nbytes, module=self.CTX_MODULE, module_type=None,
                                             random_filled=key in self._mode.random, savers={type(node).__name__})
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """``torch.compile(model)`` (an ``OptimizedModule``) or ``module.compile()`` anywhere inside."""
+    return any(type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
+               for m in model.modules())
 
 
 def _identity(x):

@@ -10,7 +10,7 @@ from .api import LayerReport, QuantReport, quantize_, quantize_module, quantize_
 from .configs import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config, WeightOnlyConfig,
                       config_from_dict)
 from .kernels import KernelPolicy, get_policy, set_policy
-from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, set_activation_dtype_
 from .qweight import QuantizedWeight
 from .rtn import quantize_rtn
 from .serialize import CheckpointError, load_quantized, save_quantized
@@ -20,5 +20,5 @@ __all__ = [
     "WeightOnlyConfig", "W8A8Config", "EmbeddingConfig", "SQuantConfig", "ANTConfig", "MixedPrecisionConfig",
     "config_from_dict", "QuantizedWeight", "QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding",
     "quantize_rtn", "save_quantized", "load_quantized", "CheckpointError", "KernelPolicy", "get_policy",
-    "set_policy",
+    "set_policy", "set_activation_dtype_",
 ]

@@ -2,8 +2,8 @@
 power-of-two (optionally float) that quantizes the weights with the lowest MSE (Guo et al., MICRO 2022).
 
 Source: clevercool/ANT-Quantization ``antquant/quant_modules.py`` (``int_value``, ``flint_value``,
-``pot_value``, ``float_value``, ``search_mse``, ``search_adaptive_numeric_type``), default mode
-``ant-int-flint-pot`` and default search bounds ``--w_low 75 --w_up 150``.
+``pot_value``, ``float_value``, ``search_mse``, ``search_adaptive_numeric_type``), with the int / pot / flint
+mode, which is searched in the order int, flint, pot, and the default bounds ``--w_low 75 --w_up 150``.
 
 What the official code does, and we keep:
 
@@ -26,10 +26,12 @@ Departures:
 * **Exact, fast search.** The official code re-quantizes the tensor 75 times per type. We compute all 75
   per-row/group errors in one pass: for threshold ``t_j`` between grid magnitudes, element ``u = |w|``
   rounds past it while ``u / scale_a >= t_j``, i.e. for every ``a <= 100*M*u/(absmax*t_j)``.
-  - A histogram over ``a`` of ``u*dv_j`` and ``d(v^2)_j``, then a suffix sum, gives
+  - Thresholds passed at the largest ``a`` count for every ``a``, a dense sum. The few crossed inside
+    [75, 150) are events: a histogram over ``a`` of ``u*dv_j`` and ``d(v^2)_j``, then a suffix sum, gives
     ``sum(u*v(u))`` and ``sum(v(u)^2)`` for every ``a``.
   - Hence ``SSE(a) = sum u^2 - 2 s_a sum u v + s_a^2 sum v^2``.
   - Only exact ties at a midpoint can land on the other side, and both sides have the same error there.
+  - ``leanformer.reference.ant`` is the per-alpha loop that this is tested against.
 * **``granularity``.** Besides per tensor, the type can be chosen per output channel or per group (the
   paper's finer choice). The ``(2**bits,)`` codebook then becomes ``(N, 2**bits)`` or ``(N, G, 2**bits)``.
 * **All-zero rows/groups.** They get ``absmax = 1``; the official code divides by zero there.
@@ -48,7 +50,7 @@ from .rtn import check_weight
 __all__ = ["ant_quantize", "ant_search", "ant_grid", "AntChoice", "TYPES", "DEFAULT_TYPES", "GRANULARITIES"]
 
 TYPES = ("int", "flint", "pot", "float")
-DEFAULT_TYPES = ("int", "flint", "pot")  # the official default mode "ant-int-flint-pot"
+DEFAULT_TYPES = ("int", "flint", "pot")  # the official int/pot/flint mode, in its search (tie-break) order
 GRANULARITIES = ("tensor", "channel", "group")
 SEARCH = (75, 150)  # official --w_low / --w_up (percent of absmax); above 6 bits the low end is 95
 
@@ -81,8 +83,6 @@ def ant_grid(kind: str, bits: int) -> torch.Tensor:
     elif kind == "pot":
         values = [0.0] + [s * 2.0 ** i for i in range(half - 1) for s in (1, -1)]
     else:
-        if bits - 1 > 3 + 20:  # pragma: no cover - guarded by the bits check
-            raise ValueError("float grid too wide")
         values = _float_values(bits)
     values += [0.0] * (2 ** bits - len(values))
     if len(values) != 2 ** bits:  # pragma: no cover - a construction error, not user input
@@ -101,8 +101,8 @@ def _side_tables(grid: torch.Tensor):
 def _crossing(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Largest integer a with r >= a*t (exact: a*t is exact for the small dyadic thresholds used here)."""
     c = torch.floor(r / t)
-    c = torch.where(c * t > r, c - 1, c)
-    return torch.where((c + 1) * t <= r, c + 1, c)
+    c = c - (c * t > r).to(c.dtype)  # mask arithmetic: exact here, far faster than torch.where on CPU
+    return c + ((c + 1) * t <= r).to(c.dtype)
 
 
 def _count_passed(r: torch.Tensor, neg: torch.Tensor, sides, a: int) -> torch.Tensor:
@@ -119,27 +119,37 @@ def _count_passed(r: torch.Tensor, neg: torch.Tensor, sides, a: int) -> torch.Te
         if tp == tn:
             count += r >= a * tp
         else:  # the sides differ (int's extra negative level): per-element threshold
-            count += r >= torch.where(neg, a * tn, a * tp)
+            count += ((r >= a * tn) & neg) | ((r >= a * tp) & ~neg)
     return count.long()
 
 
-def _sse_all_alphas(w: torch.Tensor, grid: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Squared error of every row of ``w`` (R, gs) at every alpha a in [lo, hi) -> (R, hi - lo) float64.
+class _Rows:
+    """Per-chunk quantities shared by every candidate type: |w|, absmax, sign, sum of squares."""
+
+    def __init__(self, w: torch.Tensor):  # w: (R, gs) fp32
+        self.rows, self.gs = w.shape
+        self.u = w.abs().double().flatten()  # (E,) with E = R * gs
+        m = w.abs().amax(-1).double()
+        self.m = torch.where(m > 0, m, torch.ones_like(m))  # (R,); all-zero rows: any alpha is exact
+        self.ratio = 100.0 * self.u / self.m.repeat_interleave(self.gs)  # (E,) 100 * |w| / absmax
+        self.neg = (w < 0).flatten()
+        self.sq = (self.u * self.u).view(self.rows, self.gs).sum(-1, keepdim=True)  # (R, 1)
+
+
+def _sse_all_alphas(rows: _Rows, grid: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Squared error of every row at every alpha a in [lo, hi) -> (R, hi - lo) float64.
 
     Element u = |w| sits past threshold t_j at alpha a iff r >= a * t_j with r = 100 * max(grid) * u / absmax.
     Thresholds passed at a = hi-1 count for every a (a dense sum); the few passed at a = lo but not at
     hi-1 are events, binned by their last a with one histogram per row, then suffix-summed.
     The per-bucket value at a is the sum over buckets >= a - lo + 1 (bucket 0 = never in range).
     """
-    r_rows, gs = w.shape
+    r_rows, gs, u, m, neg = rows.rows, rows.gs, rows.u, rows.m, rows.neg
+    device = u.device
     steps = hi - lo
     top = float(grid.max())
-    u = w.abs().double().flatten()  # (E,) with E = R * gs
-    m = w.abs().amax(-1).double()
-    m = torch.where(m > 0, m, torch.ones_like(m))  # (R,)
-    r = ((100.0 * top) * u / m.repeat_interleave(gs)).float()  # (E,); fp32 is exact enough to bin by
-    neg = (w < 0).flatten()
-    sides = [tuple(x.to(w.device) for x in tab) for tab in _side_tables(grid)]
+    r = (top * rows.ratio).float()  # (E,); fp32 is exact enough to bin by
+    sides = [tuple(x.to(device) for x in tab) for tab in _side_tables(grid)]
     b_hi = _count_passed(r, neg, sides, hi - 1)  # thresholds passed at a = hi-1 (for every a in range)
     b_lo = _count_passed(r, neg, sides, lo)  # ... and at a = lo (>= b_hi)
     # Both sides' tables padded to one length L and stacked, so a lookup is one gather at side*L + j.
@@ -148,27 +158,32 @@ def _sse_all_alphas(w: torch.Tensor, grid: torch.Tensor, lo: int, hi: int) -> to
     thr = torch.cat([pad(sides[0][0], float("inf")), pad(sides[1][0], float("inf"))])  # (2L,), L-1 used per side
     val = torch.cat([pad(sides[0][1], float(sides[0][1][-1])), pad(sides[1][1], float(sides[1][1][-1]))])
     base = neg.long() * length  # (E,) offset of each element's side
-    v_hi = val[base + b_hi]  # (E,) magnitude at a = hi-1
+    v_hi = torch.take(val, base + b_hi)  # (E,) magnitude at a = hi-1
     row_sum = lambda e: e.view(r_rows, gs).sum(-1)  # noqa: E731  (E,) -> (R,)
     base1, base2 = row_sum(u * v_hi), row_sum(v_hi * v_hi)
     # Events: element e crosses thresholds b_hi[e] .. b_lo[e]-1 inside the range; expand them all at once.
     span = b_lo - b_hi  # (E,)
-    elem = torch.repeat_interleave(torch.arange(span.numel(), device=w.device), span)  # (S,)
+    elem = torch.repeat_interleave(torch.arange(span.numel(), device=device), span)  # (S,)
     first = torch.cumsum(span, 0) - span  # (E,) position of each element's first event
-    j = b_hi[elem] + (torch.arange(elem.numel(), device=w.device) - first[elem])  # (S,) threshold index
-    at = base[elem] + j
-    v_lo, v_up = val[at], val[at + 1]  # threshold j lies between magnitudes v_j and v_{j+1}
-    bucket = (_crossing(r[elem].double(), thr[at]) - (lo - 1)).clamp_(0, steps).long() + (elem // gs) * (steps + 1)
-    hist = torch.zeros(r_rows * (steps + 1), 2, dtype=torch.float64, device=w.device)
-    hist.index_add_(0, bucket, torch.stack([u[elem] * (v_up - v_lo), v_up * v_up - v_lo * v_lo], dim=-1))
-    hist = hist.view(r_rows, steps + 1, 2)
-    # Suffix sums over buckets k = a - lo + 1 .. steps, as total minus prefix (cheaper than two flips).
-    sums = hist.sum(1, keepdim=True) - hist.cumsum(1)[:, :-1]  # (R, steps, 2): a = lo .. hi-1
-    alpha_frac = torch.arange(lo, hi, device=w.device, dtype=torch.float64) * 0.01  # (steps,)
+    j = torch.take(b_hi, elem) + (torch.arange(elem.numel(), device=device) - torch.take(first, elem))  # (S,)
+    at = torch.take(base, elem) + j  # (S,) index of the crossed threshold in the stacked tables
+    v_lo, v_up = torch.take(val, at), torch.take(val, at + 1)  # threshold j lies between v_j and v_{j+1}
+    crossing = _crossing(torch.take(r, elem).double(), torch.take(thr, at))
+    bucket = (crossing - (lo - 1)).clamp_(0, steps).long() + (elem // gs) * (steps + 1)
+    size = r_rows * (steps + 1)
+    zeros = lambda: torch.zeros(size, dtype=torch.float64, device=device)  # noqa: E731
+    hist1 = zeros().index_add_(0, bucket, torch.take(u, elem) * (v_up - v_lo))  # d(u * v) per (row, bucket)
+    hist2 = zeros().index_add_(0, bucket, v_up * v_up - v_lo * v_lo)  # d(v^2) per (row, bucket)
+
+    def suffix(hist: torch.Tensor) -> torch.Tensor:  # (R, steps): sum over buckets a - lo + 1 .. steps
+        hist = hist.view(r_rows, steps + 1)
+        return hist.sum(1, keepdim=True) - hist.cumsum(1)[:, :-1]  # total minus prefix: cheaper than flips
+
+    alpha_frac = torch.arange(lo, hi, device=device, dtype=torch.float64) * 0.01  # (steps,)
     s = m[:, None] * alpha_frac / top  # (R, steps) scale at each alpha
-    sq = row_sum(u * u)[:, None]
-    s1 = base1[:, None] + sums[..., 0]
-    s2 = base2[:, None] + sums[..., 1]
+    sq = rows.sq
+    s1 = base1[:, None] + suffix(hist1)
+    s2 = base2[:, None] + suffix(hist2)
     return (sq - 2 * s * s1 + s * s * s2).clamp_min_(0)
 
 
@@ -204,20 +219,18 @@ def ant_search(weight: torch.Tensor, *, bits: int, group_size: int | None = None
     gs = k if group_size is None else group_size
     w = weight.detach().reshape(-1, gs).float()  # (N*G, gs)
     rows_per_chunk = max(1, chunk_elems // gs)
-    alphas, mses = [], []
-    for kind in types:
-        grid = ant_grid(kind, bits)
-        best_a, best_mse = [], []
-        for start in range(0, w.shape[0], rows_per_chunk):
-            part = w[start:start + rows_per_chunk]
-            mse = _sse_all_alphas(part, grid, lo, hi) / gs  # (R, steps)
+    best_a = {kind: [] for kind in types}
+    best_mse = {kind: [] for kind in types}
+    grids = {kind: ant_grid(kind, bits) for kind in types}
+    for start in range(0, w.shape[0], rows_per_chunk):
+        rows = _Rows(w[start:start + rows_per_chunk])
+        for kind in types:
+            mse = _sse_all_alphas(rows, grids[kind], lo, hi) / gs  # (R, steps)
             value, where = mse.min(-1)  # first minimum, as the official strict '<' update
-            m = part.abs().amax(-1).double()
-            m = torch.where(m > 0, m, torch.ones_like(m))
-            best_a.append(m * ((where + lo).double() * 0.01))
-            best_mse.append(value)
-        alphas.append(torch.cat(best_a).view(n, -1))
-        mses.append(torch.cat(best_mse).view(n, -1))
+            best_a[kind].append(rows.m * ((where + lo).double() * 0.01))
+            best_mse[kind].append(value)
+    alphas = [torch.cat(best_a[kind]).view(n, -1) for kind in types]
+    mses = [torch.cat(best_mse[kind]).view(n, -1) for kind in types]
     alpha, mse = torch.stack(alphas), torch.stack(mses)  # (T, N, G)
     if granularity == "tensor":
         score = mse.sum((1, 2))  # (T,)
@@ -232,9 +245,12 @@ def ant_search(weight: torch.Tensor, *, bits: int, group_size: int | None = None
 def _nearest_index(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index into the sorted ``grid`` of the nearest value (ties up; last of equal entries)."""
     values = torch.unique(grid)  # sorted distinct values
-    mids = ((values[1:] + values[:-1]) / 2).to(y.dtype)
+    mids = ((values[1:] + values[:-1]) / 2).tolist()  # dyadic: exact in fp32
     last = torch.searchsorted(grid, values, right=True) - 1  # last grid index holding each distinct value
-    return last[torch.bucketize(y, mids, right=True)]
+    passed = torch.zeros(y.shape, dtype=torch.int64, device=y.device)
+    for mid in mids:  # count the midpoints at or below y (as bucketize(right=True); a few cheap passes)
+        passed += y >= mid
+    return last.to(y.device)[passed]
 
 
 def ant_quantize(weight: torch.Tensor, *, bits: int, group_size: int | None = None, granularity: str = "tensor",
@@ -259,15 +275,16 @@ def ant_quantize(weight: torch.Tensor, *, bits: int, group_size: int | None = No
         scale = scale.clamp_min(finfo.tiny)
     scale = scale.to(scale_dtype)
     y = w / scale.float().unsqueeze(-1)  # (N, G, gs)
-    codes = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
-    for t in torch.unique(choice.choice).tolist():
-        mask = (choice.choice == t).unsqueeze(-1).expand_as(y)
-        codes[mask] = _nearest_index(y[mask], grids[t]).to(torch.uint8)
     used = torch.unique(choice.choice).tolist()
+    if len(used) == 1:
+        codes = _nearest_index(y, grids[used[0]])
+    else:  # each type's codes for the whole tensor, kept where that type was chosen (masks, no indexing)
+        codes = sum(_nearest_index(y, grids[t]) * (choice.choice == t).unsqueeze(-1) for t in used)
+    codes = codes.to(torch.uint8)
     if len(used) == 1:
         codebook, fmt = grids[used[0]].float(), choice.types[used[0]]
     else:  # mixed types: one table per row / group (see the module docstring)
         codebook, fmt = grids[choice.choice].float(), "ant-mixed"  # (N, G, 2**bits)
-        if granularity == "channel" or gs == k:
+        if choice.granularity == "channel" or gs == k:
             codebook = codebook[:, 0]  # (N, 2**bits)
     return QuantizedWeight(codes.reshape(weight.shape), scale, None, bits, group_size, codebook, fmt)

@@ -92,7 +92,7 @@ def quantize_weight(weight: torch.Tensor, config: BaseConfig, importance: torch.
                             scale_dtype=_scale_dtype(config.scale_dtype))
     if isinstance(config, EmbeddingConfig):
         return quantize_rtn(weight, bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
-                            scale_dtype=_scale_dtype(config.scale_dtype))
+                            refine_steps=config.refine_steps, scale_dtype=_scale_dtype(config.scale_dtype))
     if isinstance(config, SQuantConfig):
         check_weight(weight, config.bits, config.group_size)
         from .squant import squant_quantize  # lazy: written in parallel (issue 5b)
@@ -192,11 +192,13 @@ def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | Non
         from .calib import input_moments
 
         moments = input_moments(model, [n for n, m in targets if type(m) is nn.Linear], example_inputs)
+    swaps = []  # build every replacement first: an error on any layer leaves the model untouched
     for name, mod in targets:
         if id(mod.weight) in tied:
             report.skipped[name] = "weight tied to another module"
             continue
-        new = handler(mod, config, moments[name]) if name in moments else handler(mod, config)
+        swaps.append((name, mod, handler(mod, config, moments[name]) if name in moments else handler(mod, config)))
+    for name, mod, new in swaps:
         model.set_submodule(name, new)
         report.layers.append(LayerReport(name, type(mod).__name__, new.bits, new.group_size, new.format,
                                          float_weight_bytes(mod), _packed_bytes(new)))

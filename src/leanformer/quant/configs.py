@@ -64,15 +64,19 @@ class W8A8Config(BaseConfig):
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingConfig(BaseConfig):
-    """Quantize ``nn.Embedding`` tables per row (group_size None) or per group of a row."""
+    """Quantize ``nn.Embedding`` tables per row (group_size None) or per group of a row; optional least-squares
+    refits of (scale, zero) as in ``WeightOnlyConfig`` (no clip search: 30k rows make it slow)."""
 
     bits: int = 8
     group_size: int | None = None
     symmetric: bool = True
     scale_dtype: str = "float16"
+    refine_steps: int = 0
 
     def _validate(self) -> None:
         _check_bits_group(self)
+        if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
+            self._fail("refine_steps", self.refine_steps, "must be an int >= 0")
         if self.scale_dtype not in _SCALE_DTYPES:
             self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
 
@@ -91,7 +95,7 @@ class SQuantConfig(BaseConfig):
 
 @dataclasses.dataclass(frozen=True)
 class ANTConfig(BaseConfig):
-    """ANT (MICRO 2022) adaptive numeric type (int / flint / power-of-two) per tensor or channel; ``ant.py``."""
+    """ANT (MICRO 2022) adaptive numeric type (int / flint / power-of-two) per tensor, channel or group; ``ant.py``."""
 
     bits: int = 4
     group_size: int | None = 64
@@ -99,8 +103,8 @@ class ANTConfig(BaseConfig):
 
     def _validate(self) -> None:
         _check_bits_group(self)
-        if self.granularity not in ("tensor", "channel"):
-            self._fail("granularity", self.granularity, "must be 'tensor' or 'channel'")
+        if self.granularity not in ("tensor", "channel", "group"):
+            self._fail("granularity", self.granularity, "must be 'tensor', 'channel' or 'group'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,8 +111,18 @@ def _dequant(mod, x2, bias, out_dtype):
 
 def _int8pack(mod, x2, bias, out_dtype):
     scales = mod.kernel_cache("int8pack_scales", lambda: mod.scale.reshape(-1).to(torch.bfloat16))
-    y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), mod.qweight, scales)
+    # the kernel segfaults on a weight that is not 64-byte aligned (e.g. straight out of safetensors)
+    weight = mod.kernel_cache("int8pack_weight", lambda: _aligned(mod.qweight))
+    y = torch.ops.aten._weight_int8pack_mm(_aligned(x2.to(torch.bfloat16)), weight, scales)
     return _epilogue(y, bias, out_dtype)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous with a 64-byte-aligned data pointer (a copy only when needed)."""
+    if t.is_contiguous() and t.data_ptr() % 64 == 0:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # the CPU allocator aligns to 64 bytes
+    return out.copy_(t)
 
 
 def _int4pack(mod, x2, bias, out_dtype):
@@ -141,8 +151,10 @@ def _build_int4pack(mod):
 
 def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float -> int8 codes (M, K) and fp32 scales (M, 1), symmetric absmax per row."""
-    # one pass for the row absmax (abs().amax() would allocate |x| first)
-    scale = torch.linalg.vector_norm(x2, float("inf"), dim=-1, keepdim=True).float().clamp_min(1e-8) / 127.0
+    # max(amax, -amin): two vectorised reductions, no |x| temporary. linalg.vector_norm(inf) and aminmax are
+    # 50-70x slower on CPU here (measured: 1.9 ms vs 0.03 ms for 576x384).
+    absmax = torch.maximum(x2.amax(-1, keepdim=True), x2.amin(-1, keepdim=True).neg())  # (M, 1)
+    scale = absmax.float().clamp_min(1e-8) / 127.0
     # |x / scale| <= 127 by construction, so no clamp is needed before the cast
     q = (x2.float() / scale).round_().to(torch.int8)
     return q, scale
@@ -152,9 +164,9 @@ def _w8a8(mod, x2, bias, out_dtype):
     xq, xs = quantize_per_token(x2)  # (M, K) int8, (M, 1)
     wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
     acc = torch._int_mm(xq, wt)  # (M, N) int32
-    # int32 * fp32 promotes in one pass; then in-place broadcasts (~10x faster than multiplying by the
-    # (M, N) outer product of the two scale vectors, measured)
-    y = torch.mul(acc, xs).mul_(mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1)))
+    # cast, then in-place broadcasts: ~10x faster than multiplying by the (M, N) outer product of the two
+    # scale vectors, and ~30% faster than the mixed int32 * fp32 promotion (measured)
+    y = acc.float().mul_(xs).mul_(mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1)))
     return _epilogue(y, bias, out_dtype)
 
 

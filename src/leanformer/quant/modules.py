@@ -20,7 +20,7 @@ from .kernels import choose_kernel, run_kernel
 from .packing import NIBBLE_OFFSET, pack_codes, packed_shape, unpack_codes, unpack_nibbles_to
 from .qweight import QuantizedWeight, lookup
 
-__all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "QUANTIZED_MODULES"]
+__all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "QUANTIZED_MODULES", "set_activation_dtype_"]
 
 
 class _PackedWeightMixin(nn.Module):
@@ -90,16 +90,22 @@ class _PackedWeightMixin(nn.Module):
             vals = self.qweight.to(dtype).view(n, k // gs, gs)  # (N, G, gs), fresh: safe to update in place
             offset = 0
         if self.zero is not None:
-            vals.sub_(self.zero.to(dtype).unsqueeze(-1))
+            vals.sub_(self.kernel_cache(("zero", dtype), lambda: self.zero.to(dtype).unsqueeze(-1)))
         elif offset:
             vals.sub_(offset)
         # in-place broadcast ops: ~6x faster than addcmul with broadcast operands on CPU (measured)
-        return vals.mul_(self.scale.to(dtype).unsqueeze(-1)).view(n, k)
+        return vals.mul_(self.kernel_cache(("scale", dtype), lambda: self.scale.to(dtype).unsqueeze(-1))).view(n, k)
 
-    def kernel_cache(self, key: str, build):
+    def kernel_cache(self, key, build):
+        """Derived tensors (kernel layouts, scales in the compute dtype), built once; cleared when the
+        state dict is loaded or ``set_quantized`` runs."""
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache.clear()  # .to(device) / .cuda() would leave cached layouts on the old device
+        return super()._apply(fn, *args, **kwargs)
 
     def _storage_extra_repr(self) -> str:
         kind = "codebook" if self.codebook is not None else ("sym" if self.zero is None else "asym")
@@ -148,12 +154,12 @@ class QuantizedLinear(_PackedWeightMixin):
                    act_bits=spec["act_bits"], scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
 
     def forward(self, x: torch.Tensor, *, kernel: str | None = None) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"QuantizedLinear expects a floating-point input, got {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantizedLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         name = kernel or choose_kernel(self, x2.shape[0], x2)
-        if not x.is_floating_point():
-            raise TypeError(f"QuantizedLinear expects a floating-point input, got {x.dtype}")
         y = run_kernel(name, self, x2, self.bias, x.dtype)  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -218,6 +224,7 @@ class QuantizedEmbedding(_PackedWeightMixin):
                  fmt: str = "int", device=None) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.out_dtype = torch.float32  # what forward returns; set_activation_dtype_ changes it
         self._init_storage(num_embeddings, embedding_dim, bits=bits, group_size=group_size, symmetric=symmetric,
                            codebook=False, scale_dtype=scale_dtype, fmt=fmt, device=device)
 
@@ -233,13 +240,15 @@ class QuantizedEmbedding(_PackedWeightMixin):
 
     def spec(self) -> dict:
         return {**super().spec(), "num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
-                "padding_idx": self.padding_idx}
+                "padding_idx": self.padding_idx, "out_dtype": str(self.out_dtype).replace("torch.", "")}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "QuantizedEmbedding":
-        return cls(spec["num_embeddings"], spec["embedding_dim"], padding_idx=spec["padding_idx"], bits=spec["bits"],
-                   group_size=spec["group_size"], symmetric=spec["symmetric"],
-                   scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
+        mod = cls(spec["num_embeddings"], spec["embedding_dim"], padding_idx=spec["padding_idx"], bits=spec["bits"],
+                  group_size=spec["group_size"], symmetric=spec["symmetric"],
+                  scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
+        mod.out_dtype = getattr(torch, spec.get("out_dtype", "float32"))
+        return mod
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
@@ -249,7 +258,7 @@ class QuantizedEmbedding(_PackedWeightMixin):
         if self.zero is not None:
             vals = vals - self.zero[flat].float().unsqueeze(-1)
         out = vals * self.scale[flat].float().unsqueeze(-1)  # (T, G, gs)
-        return out.view(*ids.shape, k)
+        return out.view(*ids.shape, k).to(self.out_dtype)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -272,3 +281,27 @@ def _plain(v):
 
 QUANTIZED_MODULES = {"QuantizedLinear": QuantizedLinear, "QuantizedConv2d": QuantizedConv2d,
                      "QuantizedEmbedding": QuantizedEmbedding}
+
+
+def set_activation_dtype_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Run the float remainder of a quantized model (LayerNorms, biases, embeddings' output) in ``dtype``.
+
+    ``model.to(torch.bfloat16)`` would also cast the fp16 scales / zero points of the quantized modules
+    (silently losing precision); this casts only the float modules' own tensors and tells quantized
+    embeddings what to return. Quantized Linears follow their input's dtype by themselves.
+    """
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"activation dtype must be float32, bfloat16 or float16, got {dtype}")
+    quantized = tuple(QUANTIZED_MODULES.values())
+    for mod in model.modules():
+        if isinstance(mod, QuantizedEmbedding):
+            mod.out_dtype = dtype
+        if isinstance(mod, quantized):
+            continue
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point():
+                setattr(mod, name, b.to(dtype))
+    return model

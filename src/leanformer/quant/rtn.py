@@ -46,10 +46,16 @@ def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
 
 
 def _affine(lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric scale/zero mapping [lo, hi] (which contains 0) onto codes [0, qmax]."""
+    """Asymmetric scale/zero mapping [lo, hi] (which contains 0) onto codes [0, qmax].
+
+    The zero point is rounded to an integer so that w = 0 is exactly representable: with a fractional zero
+    the many near-zero weights of a row with outliers all round the same way, a systematic row offset
+    (found by 5b: MiniLM int4 per-channel cosine 0.30 with a fractional zero, 0.94 with an integer one).
+    The least-squares refits may still move it off the grid, but only when that lowers the group error.
+    """
     scale = (hi - lo) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group: any scale works
-    return scale, -lo / scale
+    return scale, torch.round(-lo / scale)
 
 
 def _round_params(scale, zero, dtype, qmax):

@@ -169,6 +169,9 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
             raise CheckpointError(f"checkpoint does not match the model: {name!r} is {tuple(old_shape)} in the model "
                                   f"but {tuple(_float_shape(new))} in the checkpoint")
         model.set_submodule(name, new)
+    # safetensors hands out tensors at arbitrary byte offsets; _weight_int8pack_mm segfaults on a weight that
+    # is not 64-byte aligned (seen here), so every tensor gets a fresh, aligned allocation.
+    tensors = {k: v.clone() for k, v in tensors.items()}
     for key, target in meta.get("aliases", {}).items():
         if target not in tensors:
             raise CheckpointError(f"alias {key!r} -> {target!r} points at a missing tensor")

@@ -84,8 +84,8 @@ class _State:
         self.number = self.rtn
         self.error = self.rtn_error
         magnitude = self.rtn_error.abs()
-        self.up_priority = torch.where(self.up_ok, magnitude, 0.0)
-        self.down_priority = torch.where(self.down_ok, magnitude, 0.0)
+        self.up_priority = magnitude * self.up_ok  # mask products: exact, and far faster than torch.where on CPU
+        self.down_priority = magnitude * self.down_ok
 
     def flip_stage(self, seg: int, *, keep_one_candidate: bool) -> None:
         """One SQuant stage over consecutive segments of ``seg`` elements (kernels, or whole rows)."""
@@ -95,7 +95,8 @@ class _State:
         total = error.sum(-1)  # (R,) accumulated rounding error per segment
         go_up = (total < 0)[:, None]  # (R, 1)
         # Only the needed direction's order is used (the official code sorts both and uses one).
-        order = torch.sort(torch.where(go_up, up_pri, down_pri), dim=-1, descending=True, stable=True).indices
+        priority = up_pri * go_up + down_pri * ~go_up  # (R, L) the needed direction's priorities
+        order = torch.sort(priority, dim=-1, descending=True, stable=True).indices
         if keep_one_candidate:  # the K stage hands exactly one candidate per kernel to the C stage
             up_pri.zero_()
             down_pri.zero_()
@@ -105,11 +106,13 @@ class _State:
         rank = torch.arange(seg, device=total.device).expand_as(order)
         flip = torch.zeros_like(order, dtype=torch.bool).scatter_(1, order, rank < topk[:, None])
         # A flip to a non-candidate of that direction resets the element to RTN with error 0 (official).
-        ok = torch.where(go_up, view(self.up_ok), view(self.down_ok))
-        step = torch.where(go_up, 1.0, -1.0).to(number.dtype)  # (R, 1)
+        ok = (view(self.up_ok) & go_up) | (view(self.down_ok) & ~go_up)  # (R, L)
+        step = go_up.to(number.dtype) * 2 - 1  # (R, 1): +1 up, -1 down
         rtn, rtn_error = view(self.rtn), view(self.rtn_error)
-        number = torch.where(flip & ok, rtn + step, torch.where(flip, rtn, number))
-        error = torch.where(flip & ok, rtn_error + step, torch.where(flip, 0.0, error))
+        flip_ok = flip & ok
+        # Integer-valued codes: the arithmetic blend is exact. Errors: masks times values, also exact.
+        number = number + flip * (rtn - number) + flip_ok * step
+        error = error * ~flip + (rtn_error + step) * flip_ok
         self.number, self.error = number.view(self.rtn.shape), error.view(self.rtn.shape)
         # The one candidate this segment leaves for the next stage (the official idx_c).
         pos = torch.where(over, topk - 1, topk).long()  # (R,)

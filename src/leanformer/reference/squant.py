@@ -28,10 +28,12 @@ def _stage(st: dict, segments: list[list[int]], keep_one_candidate: bool) -> Non
         st["down_pri"] = [0.0] * len(st["down_pri"])
     for seg, (up_order, down_order) in zip(segments, orders):
         total = sum(st["error"][i] for i in seg)
-        if total < 0:
-            number, error, order, pri, pri_other = st["up_num"], st["up_err"], up_order, st["up_pri"], st["down_pri"]
-        else:
-            number, error, order, pri, pri_other = st["down_num"], st["down_err"], down_order, st["down_pri"], st["up_pri"]
+        if total < 0:  # flip up
+            number, error, order = st["up_num"], st["up_err"], up_order
+            pri, pri_other = st["up_pri"], st["down_pri"]
+        else:  # flip down (also when total == 0, as the official code does)
+            number, error, order = st["down_num"], st["down_err"], down_order
+            pri, pri_other = st["down_pri"], st["up_pri"]
         mag = abs(total)
         topk = int(_round_half_even(mag))
         over = topk >= mag

@@ -96,14 +96,33 @@ def _save_tensor_file(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def write_snapshot(snap: Snapshot, out: Path, keep: int) -> Path:
-    """Write ``snap`` to ``out/step-NNNNNN`` atomically; prune to the newest ``keep``; return its path."""
+def temp_dir(out: Path, step: int, pid: int | None = None, tag: int | None = None) -> Path:
+    """The hidden directory a save of ``step`` is written into before its rename (pid: see remove_stale_temps)."""
+    pid = os.getpid() if pid is None else pid
+    return out / f".tmp-step-{step:06d}-{pid}-{threading.get_ident() if tag is None else tag}"
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def save_rank_optimizer(state: dict[str, Any], tmp: Path, rank: int) -> None:
+    """FSDP2: each rank's own optimizer shard, into the save's temporary directory (before the commit)."""
+    path = tmp / f"optimizer.rank{rank}.pt"
+    torch.save(state, path)
+    _fsync_file(path)
+
+
+def write_snapshot(snap: Snapshot, out: Path, keep: int, *, tmp: Path | None = None) -> Path:
+    """Write ``snap`` to ``out/step-NNNNNN`` atomically; prune to the newest ``keep``; return its path.
+    ``tmp``: an already prepared temporary directory (holding the FSDP2 ranks' optimizer shards)."""
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"step-{snap.step:06d}"
-    tmp = out / f".tmp-step-{snap.step:06d}-{os.getpid()}-{threading.get_ident()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    if tmp is None:
+        tmp = fresh_dir(temp_dir(out, snap.step))
     _save_tensor_file(snap.model, tmp / "model.safetensors", {"format": "pt", "step": str(snap.step)})
     torch.save(snap.optimizer, tmp / "optimizer.pt")
     torch.save(snap.trainer, tmp / "trainer.pt")
@@ -148,10 +167,10 @@ class CheckpointWriter:
         self.last: Path | None = None
         remove_stale_temps(out)
 
-    def save(self, snap: Snapshot) -> None:
+    def save(self, snap: Snapshot, *, tmp: Path | None = None) -> None:
         self.wait()
-        if not self.background:
-            self.last = write_snapshot(snap, self.out, self.keep)
+        if not self.background or tmp is not None:
+            self.last = write_snapshot(snap, self.out, self.keep, tmp=tmp)
             return
         self._thread = threading.Thread(target=self._run, args=(snap,), name="leanformer-ckpt", daemon=False)
         self._thread.start()
@@ -194,18 +213,27 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Everything in a checkpoint; for an FSDP2 one, this rank's optimizer shard (same world size needed)."""
     from safetensors.torch import load_file
 
     try:
         meta = json.loads((path / "meta.json").read_text())
+        optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+        if "sharded_world" in optimizer:
+            if int(optimizer["sharded_world"]) != world:
+                raise CheckpointError(f"checkpoint {str(path)!r} holds optimizer shards of {optimizer['sharded_world']} "
+                                      f"FSDP2 processes; resume it with --nproc_per_node {optimizer['sharded_world']}")
+            optimizer = torch.load(path / f"optimizer.rank{rank}.pt", weights_only=True, map_location="cpu")
         return {
             "path": path,
             "meta": meta,
             "model": load_file(str(path / "model.safetensors")),
-            "optimizer": torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"),
+            "optimizer": optimizer,
             "trainer": torch.load(path / "trainer.pt", weights_only=True, map_location="cpu"),
         }
+    except CheckpointError:
+        raise
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
 

@@ -112,6 +112,25 @@ def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
     return t.tolist()
 
 
+def broadcast_int(value: int, ctx: DistContext) -> int:
+    """Rank 0's ``value`` on every rank."""
+    if not ctx.active:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
+def is_dtensor(t) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
         import torch.distributed as dist

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -149,15 +150,25 @@ class Trainer:
 
     # ------------------------------------------------------------ model + optimizer
     def fresh_model(self, recipe: recipes.Recipe) -> tuple[torch.nn.Module, dict[str, Any]]:
-        from leanformer.models import build_model
-
-        model = build_model(self.cfg.model, attn_implementation=recipe.attn_implementation, seed=self.cfg.seed,
-                            **self.overrides)
+        model = self._build(recipe)
         info = recipes.apply_recipe_(model, recipe)
         if info.pop("rebuild", False):  # patch_ failed half-way: start again from a clean model
-            model = build_model(self.cfg.model, attn_implementation=recipe.attn_implementation,
-                                seed=self.cfg.seed, **self.overrides)
+            model = self._build(recipe)
         return model.to(self.ctx.device).train(), info
+
+    def _build(self, recipe: recipes.Recipe) -> torch.nn.Module:
+        import transformers
+
+        from leanformer.models import build_model
+
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per throwaway copy
+        try:
+            return build_model(self.cfg.model, attn_implementation=recipe.attn_implementation, seed=self.cfg.seed,
+                               **self.overrides)
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
 
     def fresh_optimizer(self, model: torch.nn.Module, name: str):
         return recipes.build_optimizer(name, model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -196,20 +207,34 @@ class Trainer:
         return dist_.unwrap(self.model).state_dict()
 
     def _optim_state(self) -> dict[str, Any]:
-        if self.ctx.mode == "fsdp2":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        """The optimizer's state_dict; under FSDP2 this rank's shard, DTensors stored as their local parts.
 
-            return get_optimizer_state_dict(self.model, self.opt,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.opt.state_dict()
+        Not torch.distributed.checkpoint's full optimizer state dict: it gathers DTensor state only, and would
+        save rank 0's copy of plain per-rank tensors (APOLLO keeps its shard-local moments as plain tensors)."""
+        sd = self.opt.state_dict()
+        if self.ctx.mode != "fsdp2":
+            return sd
+        from leanformer.train.distributed import is_dtensor
+
+        local, marks = {}, []
+        for pid, st in sd["state"].items():  # new dicts: the optimizer's own state must stay untouched
+            local[pid] = {k: v.to_local() if is_dtensor(v) else v for k, v in st.items()}
+            marks += [[pid, k] for k, v in st.items() if is_dtensor(v)]
+        return {"state_dict": {"state": local, "param_groups": sd["param_groups"]}, "dtensor": marks}
 
     def _load_optim_state(self, state: dict[str, Any]) -> None:
-        if self.ctx.mode == "fsdp2":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.opt, state, options=StateDictOptions(full_state_dict=True))
-        else:
+        if self.ctx.mode != "fsdp2":
             self.opt.load_state_dict(state)
+            return
+        from torch.distributed.tensor import DTensor
+
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        sd = state["state_dict"]
+        for pid, key in state["dtensor"]:
+            p = params[pid]
+            sd["state"][pid][key] = DTensor.from_local(sd["state"][pid][key].to(p.device), p.device_mesh,
+                                                       p.placements, run_check=False)
+        self.opt.load_state_dict(sd)
 
     def snapshot(self) -> ckpt.Snapshot:
         """Copy-on-snapshot: every tensor cloned to CPU now; writing can then happen in the background."""
@@ -231,7 +256,10 @@ class Trainer:
         self.fingerprint = ckpt.model_fingerprint(self.model)
         state = None
         if self.resume_from is not None:
-            state = ckpt.load_checkpoint(self.resume_from)
+            try:
+                state = ckpt.load_checkpoint(self.resume_from, rank=self.ctx.rank, world=self.ctx.world)
+            except ckpt.CheckpointError as exc:
+                raise TrainError(str(exc)) from exc
             self.opt_name = recipes.resolve_optimizer(cfg.optimizer_name)[0]
             try:
                 ckpt.check_compatible(state["meta"], fingerprint=self.fingerprint, optimizer=self.opt_name,
@@ -250,7 +278,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # a defined RNG state at step 0, whatever setup consumed
         if state is not None:
             ckpt.set_rng_state(state["trainer"])
-        self.writer = ckpt.CheckpointWriter(self.out, keep=cfg.keep, background=cfg.async_save) if self.out else None
+        # FSDP2 saves synchronise the ranks, so they are written in the foreground
+        background = cfg.async_save and self.ctx.mode != "fsdp2"
+        self.writer = ckpt.CheckpointWriter(self.out, keep=cfg.keep, background=background) if self.out else None
+        self.rank0_pid = dist_.broadcast_int(os.getpid(), self.ctx)
 
     # ------------------------------------------------------------ the step
     def train_step(self) -> float:
@@ -297,8 +328,21 @@ class Trainer:
 
     def save(self) -> None:
         snap = self.snapshot()  # collective under FSDP2: every rank takes part
-        if self.writer is not None and self.ctx.is_main:
-            self.writer.save(snap)
+        if self.ctx.mode != "fsdp2":
+            if self.writer is not None and self.ctx.is_main:
+                self.writer.save(snap)
+            return
+        # FSDP2: every rank puts its optimizer shard into rank 0's temporary directory, then rank 0 commits
+        tmp = ckpt.temp_dir(self.out, self.step, pid=self.rank0_pid, tag=0)
+        if self.ctx.is_main:
+            ckpt.fresh_dir(tmp)
+        dist_.barrier(self.ctx)
+        ckpt.save_rank_optimizer(snap.optimizer, tmp, self.ctx.rank)
+        dist_.barrier(self.ctx)
+        if self.ctx.is_main:
+            snap.optimizer = {"sharded_world": torch.tensor(self.ctx.world)}
+            self.writer.save(snap, tmp=tmp)
+        dist_.barrier(self.ctx)
 
     # ------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -332,16 +376,38 @@ class Trainer:
             if self.writer is not None:
                 self.save()
                 self.writer.wait()
+        except KeyboardInterrupt:
+            self._save_on_interrupt(bar)
+            raise
         finally:
             bar.close()
         dist_.barrier(self.ctx)
         return self._result(history, train_time, time.perf_counter() - t_wall, tokens0)
 
+    def _save_on_interrupt(self, bar: Progress) -> None:
+        """Ctrl-C: keep the work done so far (the last completed step), so --resume can pick it up.
+        Not under FSDP2, where gathering the state is a collective the other ranks may not join."""
+        if self.writer is None or self.ctx.mode == "fsdp2" or not self.ctx.is_main:
+            return
+        self.writer.wait()
+        if self.writer.last is None or not self.writer.last.name.endswith(f"{self.step:06d}"):
+            self.writer.background = False
+            self.save()
+            bar.log(f"interrupted: saved step {self.step} to {self.writer.last}; continue with --resume {self.out}")
+
+    def _patch_note(self) -> str:
+        report = self.recipe_info.get("report")
+        if not self.recipe_info.get("patched"):
+            return "off"
+        if isinstance(report, dict):
+            return f"{sum(report.values())} modules swapped"
+        return "on"
+
     def _announce(self, bar: Progress) -> None:
         cfg = self.cfg
         n_params = self.fingerprint["n_params"]
         bar.log(f"model {cfg.model} ({n_params / 1e6:.2f}M params, {'masked' if self.masked_lm else 'causal'} LM) | "
-                f"recipe {cfg.recipe} (patch_: {'on' if self.recipe_info.get('patched') else 'off'}, "
+                f"recipe {cfg.recipe} (patch_: {self._patch_note()}, "
                 f"optimizer {self.opt_name}, lr {self.base_lr:g}) | {self.ctx.mode if self.ctx.world > 1 else 'single process'}"
                 f" x{self.ctx.world} on {self.ctx.device.type}")
         bar.log(f"data {self.data.description}: {self.data.n_tokens:,} tokens ({self.tokenizer.name}), "

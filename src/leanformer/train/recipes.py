@@ -112,7 +112,11 @@ def apply_recipe_(model, recipe: Recipe) -> dict[str, Any]:
 
 
 def _report_summary(report: Any) -> Any:
-    """A JSON-friendly view of a PatchReport, whatever its exact shape."""
+    """A JSON-friendly view of a PatchReport: swaps per technique when it has them."""
+    counts = getattr(report, "counts", None)
+    counts = counts() if callable(counts) else counts
+    if isinstance(counts, dict):
+        return {str(k): int(v) for k, v in counts.items()}
     for attr in ("to_dict", "summary"):
         fn = getattr(report, attr, None)
         if callable(fn):

@@ -30,13 +30,13 @@ def _rows_per_chunk(heads: int, sq: int, sk: int) -> int:
     return max(1, min(sq, _CHUNK_ELEMS // max(1, heads * sk)))
 
 
-def _mask_4d(mask: torch.Tensor | None, heads: int) -> torch.Tensor | None:
-    """Check an HF mask: (B or 1, 1 or h, Sq, Sk), bool (True = attend) or additive float."""
+def _check_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> None:
+    """An HF mask: (B or 1, 1 or h, Sq, Sk), bool (True = attend) or additive float."""
     if mask is None:
-        return None
-    if mask.dim() != 4 or mask.shape[1] not in (1, heads):
-        raise ValueError(f"attention mask must be (B|1, 1|{heads}, Sq, Sk), got shape {tuple(mask.shape)}")
-    return mask
+        return
+    b, h, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if mask.dim() != 4 or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, h) or mask.shape[2:] != (sq, sk):
+        raise ValueError(f"attention mask must be ({b}|1, {h}|1, {sq}, {sk}), got shape {tuple(mask.shape)}")
 
 
 class _Chunk:
@@ -173,6 +173,7 @@ def lean_attention(q, k, v, mask=None, *, dropout_p=0.0, scale=None, is_causal=F
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    _check_mask(mask, q, k)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if mode == "sdpa":
         gqa = q.shape[1] != k.shape[1]

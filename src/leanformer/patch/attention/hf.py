@@ -32,10 +32,33 @@ class LeanAttentionMixin:
             # fused SDPA keeps no S x S tensor when no dropout is drawn; with dropout on CPU it would fall back
             # to the math kernel (keeps P and dropout(P)), so the lean flash Function takes over
             mode = "sdpa" if dropout_p == 0.0 or q.device.type == "cuda" else "flash"
-        if mode == "sdpa" and mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
-            mask = mask.to(q.dtype)
+        if mode == "sdpa" and mask is not None and mask.dtype != q.dtype:
+            mask = _additive_mask(mask, q.dtype)
         return lean_attention(q, k, v, mask, dropout_p=dropout_p, scale=scaling, is_causal=causal, mode=mode)
 
     def _wants_stock(self, kwargs) -> bool:
         """Attention probabilities requested: only the stock path returns them."""
         return bool(kwargs.get("output_attentions", False))
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` as an additive ``dtype`` mask, built once per mask tensor and shared by every layer.
+
+    CPU SDPA converts a bool mask to a float one inside each call and saves that copy for backward (B*S*S*4
+    bytes per layer); converting once, cached on the mask tensor itself (invalidated by its version counter),
+    makes all layers save the same storage. Not cached while compiling (the compiler sees plain ops).
+    """
+    def build() -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        return mask.to(dtype)
+
+    if torch.compiler.is_compiling():
+        return build()
+    version, cache = getattr(mask, "_leanformer_additive", (None, None))
+    if version != mask._version or cache is None:
+        cache = {}
+        mask._leanformer_additive = (mask._version, cache)
+    if dtype not in cache:
+        cache[dtype] = build()
+    return cache[dtype]
