@@ -76,12 +76,29 @@ def _warn_compile_once() -> None:
         warnings.warn(COMPILE_WARNING, stacklevel=4)
 
 
+_CHECKPOINT_PACK_HOOKS = ("_checkpoint_hook.", "_recomputation_hook.")
+
+
+def _in_checkpoint() -> bool:
+    """True inside a non-reentrant ``torch.utils.checkpoint`` region (its forward or its recomputation).
+
+    There the recipe's weak references may be dead in the first forward (checkpoint does not hold saved
+    tensors) but alive in the recomputation, so the saved set would differ between the two and checkpoint
+    raises. Checkpointing already drops the activations, so plain saving costs nothing there. Detected by
+    the innermost saved-tensors pack hook, which both checkpoint phases install (torch 2.13 names)."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if hooks is None:
+        return False
+    name = getattr(hooks[0], "__qualname__", "")
+    return name.startswith(_CHECKPOINT_PACK_HOOKS)
+
+
 def find_recipe(y: torch.Tensor) -> tuple[Recipe, tuple[torch.Tensor, ...]] | None:
     """The live recipe rebuilding ``y`` and its tensors, or None (then save ``y`` itself)."""
     if torch.compiler.is_compiling():
         _warn_compile_once()
         return None
-    if not isinstance(y, torch.Tensor):
+    if not isinstance(y, torch.Tensor) or _in_checkpoint():
         return None
     node = y.grad_fn
     recipe = getattr(node, _ATTR, None) if node is not None else None

@@ -112,9 +112,11 @@ class APOLLO(torch.optim.Optimizer):
                     self._step_8bit(param, state, group, where)
                     continue
                 bucket = low if lowrank else plain
-                for key in plain:
-                    bucket[key].append(param.grad if key == "grads" else param if key == "params"
-                                       else state[key[:-1] if key != "state_steps" else "step"])
+                bucket["params"].append(param)
+                bucket["grads"].append(param.grad)
+                bucket["exp_avgs"].append(state["exp_avg"])
+                bucket["exp_avg_sqs"].append(state["exp_avg_sq"])
+                bucket["state_steps"].append(state["step"])
                 if lowrank:
                     low["norm_prevs"].append(state["norm_prev"])
                     epoch = int(state["step"].item()) // group["update_proj_gap"]

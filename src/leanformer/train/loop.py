@@ -424,7 +424,8 @@ class Trainer:
         final = history[-1] if history else {}
         result: dict[str, Any] = {
             "model": cfg.model, "recipe": cfg.recipe, "optimizer": self.opt_name, "lr": self.base_lr,
-            "patched": bool(self.recipe_info.get("patched")), "steps": self.step, "batch": cfg.batch,
+            "patched": bool(self.recipe_info.get("patched")), "patch_report": self.recipe_info.get("report"),
+            "steps": self.step, "batch": cfg.batch,
             "micro_batch": self.micro_batch, "accumulation": self.local_batch // self.micro_batch, "seq": cfg.seq,
             "world": self.ctx.world, "distributed": self.ctx.mode, "n_params": self.fingerprint["n_params"],
             "train_loss": final.get("train_loss"), "val_loss": final.get("val_loss"), "history": history,
