@@ -120,7 +120,8 @@ def main(argv=None) -> None:
     cfg = {"B": B, "S": S, "H": 768, "dtype": "float32", "threads": torch.get_num_threads()}
     print(f"lean layers, B={B} S={S} fp32, {torch.get_num_threads()} threads; activation bytes saved for backward "
           f"(parameters excluded), fwd+bwd time (median of paired runs; time x = median lean/stock pair ratio)")
-    print(f"{'chain':40s} {'stock MiB':>10s} {'lean MiB':>9s} {'bytes x':>8s} {'stock ms':>9s} {'lean ms':>8s} {'time x':>7s} [p20-p80]")
+    print(f"{'chain':40s} {'stock MiB':>10s} {'lean MiB':>9s} {'bytes x':>8s} {'stock ms':>9s} {'lean ms':>8s} "
+          f"{'time x':>7s} [p20-p80]")
     for name, stock, lean, t in cases(B, S):
         nb_s, nb_l = saved_bytes(stock, t), saved_bytes(lean, t)
         # interleave to share the machine's noise; the ratio is what we report

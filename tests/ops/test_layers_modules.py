@@ -136,3 +136,26 @@ def test_llama_mlp_from_module_shares_and_matches():
     assert torch.equal(out, ref)
     assert n_stock - n == 2 * (2 * 3 * 40 * 4)         # silu(g) and h are no longer kept
     _same_grads(lean, stock, x, list(stock.parameters()))
+
+
+def test_gpt2_mlp_under_bf16_autocast_matches_stock():
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+    cfg = GPT2Config(n_embd=16, n_inner=48, resid_pdrop=0.0)
+    stock = GPT2MLP(48, cfg)
+    lean = GPT2MLP(48, cfg)
+    lean.load_state_dict(stock.state_dict())
+    _swap(lean, c_fc=LeanLinear.from_module(lean.c_fc), act=LeanGELU.from_module(lean.act),
+          c_proj=LeanLinear.from_module(lean.c_proj))
+    x = make((2, 5, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, n = saved_tensor_bytes(lean, x)
+        ref, n_stock = saved_tensor_bytes(stock, x)
+    assert out.dtype == ref.dtype == torch.bfloat16 and torch.equal(out, ref)
+    assert n < n_stock
+    g = torch.randn_like(out)
+    for p, q in zip(torch.autograd.grad(out, [x, *lean.parameters()], g),
+                    torch.autograd.grad(ref, [x, *stock.parameters()], g)):
+        assert p.dtype == q.dtype
+        # the GELU input gradient comes from the fused kernel (fp32 inside) vs stock's bf16 op chain
+        torch.testing.assert_close(p.float(), q.float(), **TOL[torch.bfloat16])

@@ -104,3 +104,13 @@ def test_gated_bad_input():
         lean_gated_act(torch.randn(2, 3), torch.randn(2, 4))
     with pytest.raises(ValueError, match="unknown activation"):
         lean_activation(torch.randn(2), "relu6")
+
+
+@pytest.mark.parametrize("op", ["act", "gated"])
+def test_inplace_edit_of_saved_preactivation_raises(op):
+    a = make((3, 8)) * 1.0
+    u = make((3, 8))
+    out = lean_activation(a, "gelu") if op == "act" else lean_gated_act(a, u)
+    a.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

@@ -163,3 +163,11 @@ def test_compiled_model_is_profiled_compiled():
     assert type(out.grad_fn).__name__ == "CompiledFunctionBackward"
     eager = measure_step(model, x, loss_fn=lambda out: out.sum())
     assert "compiled model" not in " ".join(eager.notes)
+
+
+def test_module_registered_under_two_names_is_hooked_once():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.Tanh(), shared)  # same object at "0" and "2"
+    r = measure_step(model, torch.randn(3, 4), loss_fn=lambda out: out.sum())
+    # x (under "0"), tanh's output (first saved by tanh, then by the second call of the shared Linear)
+    assert r.by_module == {"0": 3 * 4 * F32, "1": 3 * 4 * F32}

@@ -41,4 +41,5 @@ class LeanLinear(nn.Module):
 
     def extra_repr(self) -> str:
         layout = "conv1d (in, out)" if self.transposed else "linear (out, in)"
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {layout}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {layout}")

@@ -26,5 +26,6 @@ from .softmax_dropout import lean_softmax_dropout_matmul
 
 __all__ = [
     "ACTIVATIONS", "GELU_KINDS", "Recipe", "find_recipe", "lean_activation", "lean_dropout", "lean_gated_act",
-    "lean_gelu", "lean_layer_norm", "lean_linear", "lean_rms_norm", "lean_silu", "lean_softmax_dropout_matmul", "pack_bits", "unpack_bits",
+    "lean_gelu", "lean_layer_norm", "lean_linear", "lean_rms_norm", "lean_silu", "lean_softmax_dropout_matmul",
+    "pack_bits", "unpack_bits",
 ]

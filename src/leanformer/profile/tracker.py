@@ -91,8 +91,12 @@ class SavedTensorTracker:
         """Every module except those dynamo would trace: a hook that mutates our stack inside a compiled
         region breaks tracing, so compiled regions are observed from their nearest uncompiled caller."""
         out: list[tuple[str, torch.nn.Module]] = []
+        seen: set[int] = set()  # a module registered under two names gets one hook (its first name)
 
         def visit(name: str, module: torch.nn.Module) -> None:
+            if id(module) in seen:
+                return
+            seen.add(id(module))
             compiled_call = getattr(module, "_compiled_call_impl", None) is not None  # module.compile()
             if not compiled_call:
                 out.append((name, module))
