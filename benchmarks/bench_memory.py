@@ -7,7 +7,7 @@ mode with the architectures' dropout on; the middle layer's bytes (steady state,
 the exact minimum recomputed from the shapes (``leanformer.patch.minimum``). Whole model: all 12 layers, at a
 smaller batch (saved bytes are linear in the batch), giving the largest batch whose saved activations fit a
 fixed byte budget. Step time: forward + backward of the 3-layer model, providers interleaved in one process,
-median of process CPU time over the repetitions (one torch thread by default: the machines here are shared),
+at batch 2, median of process CPU time over the repetitions (one torch thread by default: the machines here are shared),
 ratio lean / stock. Writes benchmarks/results/memory.csv.
 
 CPU notes: stock ``F.dropout`` on CPU saves an fp32 mask (CUDA: 1 byte), and CPU SDPA with dropout falls back
@@ -66,16 +66,20 @@ def step(model, data) -> None:
     model(**data).last_hidden_state.square().mean().backward()
 
 
-def per_layer(name, batch, seq, reps, rows, table):
-    models = {p: build(name, p, 3, task="base") for p in PROVIDERS}
-    data = batch_for(models["stock-eager"], batch, seq, labels=False)
-    shape = LayerShape.from_config(models["stock-eager"].config, batch, seq)
-    floor = {v: sum(exact_minimum_bytes(shape, v).values()) for v in ("eager", "fused")}
+def per_layer(name, batch, seq, time_batch, reps, rows, table):
     cfg = {"model": name, "batch": batch, "seq": seq, "dtype": "float32", "layers": 3}
     saved = {}
-    for p, m in models.items():
+    for p in PROVIDERS:  # one model alive at a time: the stock eager forward alone holds GBs at batch 8
+        m = build(name, p, 3, task="base")
+        data = batch_for(m, batch, seq, labels=False)
         saved[p] = saved_bytes_by_layer(m, decoder_layers(m), **data)[0][1]
+        shape = LayerShape.from_config(m.config, batch, seq)
+        del m, data
         gc.collect()
+    floor = {v: sum(exact_minimum_bytes(shape, v).values()) for v in ("eager", "fused")}
+    models = {p: build(name, p, 3, task="base") for p in PROVIDERS}
+    data = batch_for(models["stock-eager"], time_batch, seq, labels=False)
+    tcfg = {**cfg, "batch": time_batch}
     times = {p: [] for p in PROVIDERS}
     for _ in range(reps + 1):  # first round is warm-up; providers interleaved against machine noise
         for p, m in models.items():
@@ -83,24 +87,22 @@ def per_layer(name, batch, seq, reps, rows, table):
             t0 = time.process_time()
             step(m, data)
             times[p].append(time.process_time() - t0)
-    for p in PROVIDERS:
-        t = sorted(times[p][1:])
-        med = statistics.median(t)
-        ref = "eager" if p in ("stock-eager", "lean-tempo") else "fused"
-        rows.add("layer", p, "saved_bytes", "MiB", saved[p] / MiB, config=cfg)
-        rows.add("layer", p, "ratio_to_minimum", "x", saved[p] / floor[ref], config={**cfg, "minimum": ref})
-        rows.add("step_3_layers", p, "cpu_time", "s", med, p20=t[0], p80=t[-1], config=cfg)
+            m.zero_grad(set_to_none=True)
+            gc.collect()
     base = statistics.median(times["stock-eager"][1:])
     base_sdpa = statistics.median(times["stock-sdpa"][1:])
     for p in PROVIDERS:
         ref = "eager" if p in ("stock-eager", "lean-tempo") else "fused"
-        med = statistics.median(times[p][1:])
-        rows.add("step_3_layers", p, "time_ratio_vs_stock_eager", "x", med / base, config=cfg)
+        t = sorted(times[p][1:])
+        med = statistics.median(t)
+        rows.add("layer", p, "saved_bytes", "MiB", saved[p] / MiB, config=cfg)
+        rows.add("layer", p, "ratio_to_minimum", "x", saved[p] / floor[ref], config={**cfg, "minimum": ref})
+        rows.add("step_3_layers", p, "cpu_time", "s", med, p20=t[0], p80=t[-1], config=tcfg)
+        rows.add("step_3_layers", p, "time_ratio_vs_stock_eager", "x", med / base, config=tcfg)
         table.append((name, p, saved[p] / MiB, floor[ref] / MiB, saved[p] / floor[ref], med, med / base,
                       med / base_sdpa))
     del models
     gc.collect()
-    return floor
 
 
 def whole_model(name, batch, seq, budget, rows, table):
@@ -128,18 +130,20 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch, seq, reps = (2, 128, 1) if args.quick else (8, 512, args.reps)
+    time_batch = 2  # timing batch: CPU step times at batch 8 take minutes per provider here
     whole_batch = 2
     budget = (1 if args.quick else 8) * 2 ** 30
     rows = Rows("memory")
     layer_table, model_table = [], []
     for name in MODELS:
-        per_layer(name, batch, seq, reps, rows, layer_table)
+        per_layer(name, batch, seq, time_batch, reps, rows, layer_table)
         whole_model(name, whole_batch, seq, budget, rows, model_table)
+        path = rows.write()  # after each model: partial results survive an interruption
         print(f"done {name}", file=sys.stderr)
-    path = rows.write()
     print(f"\nPer layer (middle of 3), batch {batch}, seq {seq}, fp32, training, dropout on; "
           f"threads {torch.get_num_threads()}")
-    print("step: forward + backward of the 3 layers (bare model, no LM head), process CPU seconds, median")
+    print(f"step: forward + backward of the 3 layers (bare model, no LM head) at batch {time_batch}, seq {seq}, "
+          f"process CPU seconds, median")
     print(f"{'model':<12} {'provider':<12} {'saved MiB':>10} {'minimum':>9} {'x min':>6} {'cpu s':>8} "
           f"{'t/eager':>8} {'t/sdpa':>7}")
     for name, p, mib, floor, ratio, sec, rel, rel2 in layer_table:

@@ -8,14 +8,16 @@ Measured on this project's CPUs (research note, "Kernels"; re-measured by ``benc
 * For more rows, unpacking the codes to bf16 and running one dense oneDNN GEMM is faster.
 * W8A8 modules quantize activations per token and run ``torch._int_mm`` (int8 x int8 -> int32).
 
-Guards found here: ``_weight_int8pack_mm`` returns NaN/inf or crashes when K % 16 != 0, and the int4 CPU
-layout needs N % 16 == 0 and a group size in {32, 64, 128, 256}; other shapes take the dequant path.
+Guards found here: ``_weight_int8pack_mm`` returns NaN/inf or crashes when K % 16 != 0 and segfaults on a
+weight that is not 64-byte aligned (as safetensors hands them out); the int4 CPU layout needs N % 16 == 0
+and a group size in {32, 64, 128, 256}; other shapes take the dequant path.
 
 The choice is a deterministic function of (module format, rows, device, dtype): the same input in a fresh
 process runs the same kernel, so saved models reproduce outputs exactly. ``KernelPolicy`` holds the knobs.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,7 @@ __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_ker
            "fast_bf16_cpu", "quantize_per_token"]
 
 
+@functools.lru_cache(maxsize=None)
 def fast_bf16_cpu() -> bool:
     """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX), where bf16 GEMMs win."""
     cpu = getattr(torch, "cpu", None)

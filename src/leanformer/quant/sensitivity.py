@@ -39,7 +39,10 @@ def _cosine_loss(ref: torch.Tensor, test: torch.Tensor) -> float:
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, lows: dict[str, torch.Tensor], example_inputs=None) -> dict[str, float]:
     """``lows``: name -> dequantized low-bit weight. Returns name -> output distortion (higher = worse)."""
-    inputs = example_inputs if example_inputs is not None else synthetic_inputs(model)
+    # 4 x 16 random tokens (a quarter of the moments pass): the ranking only needs relative distortions, and
+    # 37 MiniLM forwards drop from 2.7 s to ~0.7 s. Measured: a slightly different plan, same fidelity
+    # (mixed 8.5 MB: mean cosine 0.9946 vs 0.9948 with 8 x 32 tokens).
+    inputs = example_inputs if example_inputs is not None else synthetic_inputs(model, batch=4, seq=16)
     ref = _output(model, inputs)
     scores = {}
     for name, w_low in lows.items():
