@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier CPU times "
                                                                   "on a shared machine; 0 leaves torch's default)")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                    help="subset (each in its own process keeps peak memory down); CSV: memory[_<names>].csv")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,10 +137,11 @@ def main(argv=None) -> int:
     budget = (1 if args.quick else 8) * 2 ** 30
     rows = Rows("memory")
     layer_table, model_table = [], []
-    for name in MODELS:
+    csv_name = "memory" if list(args.models) == list(MODELS) else "memory_" + "_".join(args.models)
+    for name in args.models:
         per_layer(name, batch, seq, time_batch, reps, rows, layer_table)
         whole_model(name, whole_batch, seq, budget, rows, model_table)
-        path = rows.write()  # after each model: partial results survive an interruption
+        path = rows.write(csv_name)  # after each model: partial results survive an interruption
         print(f"done {name}", file=sys.stderr)
     print(f"\nPer layer (middle of 3), batch {batch}, seq {seq}, fp32, training, dropout on; "
           f"threads {torch.get_num_threads()}")

@@ -56,8 +56,11 @@ def test_first_step_equals_fp32_adamw_and_state_is_2_bytes():
     # later steps carry the 8-bit error: the updates stay within 10% of fp32 AdamW's (measured ~1-3%)
     d8, d32 = model[0].weight - _model()[0].weight, ref[0].weight - _model()[0].weight
     assert (d8 - d32).norm() / d32.norm() < 0.1
-    blocks = Q.n_blocks(1200)  # 5 blocks: codes are padded to whole blocks
-    assert opt.state_bytes()["state_bytes"] == 2 * blocks * Q.BLOCK + 2 * 4 * blocks + 4
+    blocks, blen = Q.block_shape(model[0].weight)  # (300, 4): one block per row (rows of 4 < 256)
+    assert (blocks, blen) == (300, 4)
+    assert opt.state_bytes()["state_bytes"] == 2 * blocks * blen + 2 * 4 * blocks + 4
+    assert Q.block_shape(torch.empty(10, 300)) == (20, 150)  # long rows split evenly: little padding
+    assert Q.block_shape(torch.empty(10, 256)) == (10, 256)  # the usual case: ~2.03 bytes per parameter
 
 
 def test_lean_groups_resume_bit_identical():
@@ -80,3 +83,19 @@ def test_lean_groups_resume_bit_identical():
         _step(first, opt2, t)
     for a, b in zip(full.parameters(), first.parameters()):
         assert torch.equal(a, b)
+
+
+def test_blocks_follow_rows_so_dim0_shards_quantize_like_the_whole():
+    # FSDP2 shards dim 0: each shard must get the same codes as its rows in the unsharded tensor.
+    x = torch.randn(7, 300) * torch.logspace(-3, 0, 300)
+    whole_codes = torch.zeros(Q.block_shape(x), dtype=torch.int8)
+    whole_scales = torch.zeros(Q.block_shape(x)[0])
+    Q.quantize_signed_(x, whole_codes, whole_scales)
+    top, bottom = x[:3], x[3:]
+    parts = []
+    for shard in (top, bottom):
+        codes = torch.zeros(Q.block_shape(shard), dtype=torch.int8)
+        scales = torch.zeros(Q.block_shape(shard)[0])
+        Q.quantize_signed_(shard, codes, scales)
+        parts.append(Q.dequantize_signed(codes, scales, shard))
+    torch.testing.assert_close(torch.cat(parts), Q.dequantize_signed(whole_codes, whole_scales, x), rtol=0, atol=0)

@@ -1,7 +1,9 @@
 """8-bit AdamW moments for the parameters off the low-rank path (embeddings, LM head).
 
 Blockwise linear quantization in the spirit of 8-bit Adam (Dettmers et al., arXiv 2110.02861), simplified:
-blocks of 256 consecutive elements, each with one fp32 scale. The first moment is stored as int8 with the
+blocks of up to 256 consecutive elements of one row (dim 0 of a matrix; a 1-D tensor is one row), each with
+one fp32 scale. Blocks never straddle rows, so FSDP2, which shards dim 0, quantizes each shard exactly as a
+single process would; a row is split into equal blocks (a row of 300 -> 2 x 150), so padding stays small. The first moment is stored as int8 with the
 block's absmax (round to nearest). The second moment is stored as uint8 in the sqrt domain (sqrt(v) / block max,
 round to nearest, never rounded down to 0 unless v is 0), which keeps 16 bits of dynamic range for v and
 bounds the update of a small-v element by m / (one quantization step). Departure from bitsandbytes/torchao:
@@ -16,16 +18,38 @@ import torch
 BLOCK = 256
 
 
+def _rows(x: torch.Tensor) -> int:
+    return x.shape[0] if x.dim() >= 2 else 1
+
+
+def block_shape(x: torch.Tensor) -> tuple[int, int]:
+    """(number of blocks, block length) of the moments of ``x``."""
+    rows = _rows(x)
+    length = x.numel() // rows if rows else 0
+    if x.dim() < 2:  # one row: fixed blocks, padded at the end
+        return math.ceil(length / BLOCK), BLOCK
+    per_row = max(1, math.ceil(length / BLOCK))
+    return rows * per_row, math.ceil(length / per_row)
+
+
 def _blocks(x: torch.Tensor) -> torch.Tensor:
-    """Flat fp32 copy padded to whole blocks: (nblocks, BLOCK)."""
-    flat = x.reshape(-1).float()
-    pad = (-flat.numel()) % BLOCK
+    """fp32 copy, each row padded to whole blocks: (nblocks, block length)."""
+    nblocks, blen = block_shape(x)
+    rows = x.float().reshape(_rows(x), -1)  # (R, L)
+    pad = nblocks // rows.shape[0] * blen - rows.shape[1]
     if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    return flat.view(-1, BLOCK)
+        rows = torch.cat([rows, rows.new_zeros(rows.shape[0], pad)], dim=1)
+    return rows.reshape(nblocks, blen)
+
+
+def _unblock(b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_blocks`: (nblocks, block length) -> ``like``'s shape."""
+    length = like.numel() // _rows(like)
+    return b.reshape(_rows(like), -1)[:, :length].reshape(like.shape)
 
 
 def n_blocks(numel: int) -> int:
+    """Blocks of a 1-D tensor of ``numel`` elements."""
     return math.ceil(numel / BLOCK)
 
 
@@ -38,7 +62,7 @@ def quantize_signed_(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor)
 
 
 def dequantize_signed(codes: torch.Tensor, scales: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return (codes.float() * (scales.unsqueeze(1) / 127)).view(-1)[:like.numel()].view(like.shape)
+    return _unblock(codes.float() * (scales.unsqueeze(1) / 127), like)
 
 
 def quantize_sqrt_(v: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> None:
@@ -53,14 +77,14 @@ def quantize_sqrt_(v: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -
 
 def dequantize_sqrt(codes: torch.Tensor, scales: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     r = codes.float() * (scales.unsqueeze(1) / 255)
-    return r.square().view(-1)[:like.numel()].view(like.shape)
+    return _unblock(r.square(), like)
 
 
 def init_state(state: dict, local: torch.Tensor) -> None:
-    nb, dev = n_blocks(local.numel()), local.device
-    state["exp_avg_q"] = torch.zeros((nb, BLOCK), dtype=torch.int8, device=dev)
+    (nb, blen), dev = block_shape(local), local.device
+    state["exp_avg_q"] = torch.zeros((nb, blen), dtype=torch.int8, device=dev)
     state["exp_avg_scale"] = torch.zeros(nb, dtype=torch.float32, device=dev)
-    state["exp_avg_sq_q"] = torch.zeros((nb, BLOCK), dtype=torch.uint8, device=dev)
+    state["exp_avg_sq_q"] = torch.zeros((nb, blen), dtype=torch.uint8, device=dev)
     state["exp_avg_sq_scale"] = torch.zeros(nb, dtype=torch.float32, device=dev)
 
 

@@ -171,7 +171,8 @@ class Trainer:
                 transformers.utils.logging.enable_progress_bar()
 
     def fresh_optimizer(self, model: torch.nn.Module, name: str):
-        return recipes.build_optimizer(name, model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return recipes.build_optimizer(name, model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                        model=model)
 
     def measure_recipe(self, recipe: recipes.Recipe, optimizer: str, micro_batch: int):
         """One measured step of a throwaway model with this recipe at this micro-batch."""

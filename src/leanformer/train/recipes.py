@@ -80,8 +80,26 @@ def resolve_optimizer(name: str) -> tuple[str, type]:
     return resolve_optimizer(entry.fallback)
 
 
-def build_optimizer(name: str, params, *, lr: float | None, weight_decay: float = 0.0):
-    """Build the named optimizer over ``params``; returns (optimizer, name used, lr used)."""
+def _lean_groups(model, params: list) -> list | None:
+    """APOLLO-Mini's recommended grouping (``leanformer.optim.lean_param_groups``: embeddings and LM head on
+    8-bit AdamW, every other matrix rank 1). bench_optim measured it 0.16 nats better than putting the
+    embeddings on the rank-1 path too, at 1.5% of AdamW's state. None when not applicable."""
+    groups_fn = load_piece("leanformer.optim", "lean_param_groups")
+    if model is None or groups_fn is None:
+        return None
+    model = getattr(model, "module", model)  # DDP wraps the model; the groups are found on the inner one
+    try:
+        groups = groups_fn(model)
+    except ValueError:  # no embedding to single out: plain routing
+        return None
+    trainable = {id(p) for p in params}
+    groups = [{**g, "params": [p for p in g["params"] if id(p) in trainable]} for g in groups]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(name: str, params, *, lr: float | None, weight_decay: float = 0.0, model=None):
+    """Build the named optimizer over ``params`` (grouped by ``model`` where the optimizer has a recommended
+    grouping); returns (optimizer, name used, lr used)."""
     used, cls = resolve_optimizer(name)
     lr = OPTIMIZERS[used].lr if lr is None else lr
     kwargs: dict[str, Any] = {"lr": lr}
@@ -92,6 +110,8 @@ def build_optimizer(name: str, params, *, lr: float | None, weight_decay: float 
         kwargs.setdefault("weight_decay", 0.0)  # torch's default 1e-2 would differ from the other optimizers
     if used == "apollo":  # rank 64 at most (the paper's small-model setting), never above a matrix side
         kwargs["rank"] = min([64] + [min(p.shape[0], p[0].numel()) for p in params if p.dim() >= 2])
+    if used == "apollo-mini":
+        params = _lean_groups(model, params) or params
     return cls(params, **kwargs), used, lr
 
 
