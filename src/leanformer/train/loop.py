@@ -164,8 +164,9 @@ class Trainer:
         bars = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per throwaway copy
         try:
+            # use_cache=False: a causal LM would otherwise build a KV cache in every training forward
             return build_model(self.cfg.model, attn_implementation=recipe.attn_implementation, seed=self.cfg.seed,
-                               **self.overrides)
+                               **{"use_cache": False, **self.overrides})
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
