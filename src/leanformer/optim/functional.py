@@ -50,6 +50,18 @@ def _moments(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, low: torch.Tensor,
     return exp_avg / exp_avg_sq.sqrt().add_(eps)
 
 
+def _foreach_moments(exp_avgs: list, exp_avg_sqs: list, grads: list, beta1: float, beta2: float,
+                     eps: float) -> list:
+    """:func:`_moments` over lists of tensors (foreach kernels): in place; returns each M / (sqrt(V) + eps)."""
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denoms, eps)
+    return torch._foreach_div(exp_avgs, denoms)
+
+
 def _channel_dim(right: bool) -> int:
     # Norm over the rank axis leaves one factor per channel of the long side: rows if m >= n, else columns.
     return 1 if right else 0
@@ -158,13 +170,7 @@ def _foreach_apollo(params, grads, exp_avgs, exp_avg_sqs, norm_prevs, state_step
         low = project(v.grad, proj, right, v.row_offset)
         lows.append(red.add(low, v.group) if not right else low)
     red.run()  # the left projections' partial sums, one all-reduce
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, lows, alpha=1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, lows, lows, value=1 - beta2)
-    denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denoms, eps)
-    normeds = torch._foreach_div(exp_avgs, denoms)
+    normeds = _foreach_moments(exp_avgs, exp_avg_sqs, lows, beta1, beta2, eps)
     scales, u_sqs = _scaling_foreach(views, rights, lows, normeds, scale_type)
     inv_fs = _limit_foreach(u_sqs, norm_prevs, norm_growth_limit)
     for v, s, inv_f, step_t in zip(views, scales, inv_fs, state_steps):
@@ -227,13 +233,7 @@ def _single_tensor_adamw(views, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1
 def _foreach_adamw(views, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps, weight_decay):
     ps, gs = [v.param for v in views], [v.grad for v in views]
     torch._foreach_add_(state_steps, 1)
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, gs, alpha=1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, gs, gs, value=1 - beta2)
-    denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denoms, eps)
-    normeds = torch._foreach_div(exp_avgs, denoms)
+    normeds = _foreach_moments(exp_avgs, exp_avg_sqs, gs, beta1, beta2, eps)
     torch._foreach_add_(ps, torch._foreach_mul(normeds, [-_step_size(int(t.item()), lr, beta1, beta2)
                                                          for t in state_steps]))
     if weight_decay != 0:
