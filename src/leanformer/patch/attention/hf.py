@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from leanformer.patch.attention.core import lean_attention
+from leanformer.patch.engine import clone_as
 
 
 class LeanAttentionMixin:
@@ -36,9 +37,31 @@ class LeanAttentionMixin:
             mask = _additive_mask(mask, q.dtype)
         return lean_attention(q, k, v, mask, dropout_p=dropout_p, scale=scaling, is_causal=causal, mode=mode)
 
+    def _cache_update(self, past_key_values, k, v):
+        """Append this layer's K/V to the self-attention cache (an encoder-decoder cache keeps it as
+        ``self_attention_cache``); without a cache, K and V pass through."""
+        if past_key_values is None:
+            return k, v
+        from transformers.cache_utils import EncoderDecoderCache
+
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values = past_key_values.self_attention_cache
+        return past_key_values.update(k, v, self.layer_idx)
+
     def _wants_stock(self, kwargs) -> bool:
         """Attention probabilities requested: only the stock path returns them."""
         return bool(kwargs.get("output_attentions", False))
+
+
+def lean_attention_builder(cls: type):
+    """Rule builder: ``cls`` (a lean subclass of an HF attention class) cloned from the stock module, in the
+    config's attention mode."""
+    def build(module, cfg):
+        new = clone_as(cls, module)
+        new.lean_mode = cfg.attention
+        return new
+
+    return build
 
 
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -5,11 +5,10 @@ call replaced by the lean kernel. The attention-probability dropout child is kep
 """
 from __future__ import annotations
 
-from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.bert.modeling_bert import BertSelfAttention
 
-from leanformer.patch.attention.hf import LeanAttentionMixin
-from leanformer.patch.engine import Rule, clone_as, is_type
+from leanformer.patch.attention.hf import LeanAttentionMixin, lean_attention_builder
+from leanformer.patch.engine import Rule, is_type
 
 
 class LeanBertSelfAttention(LeanAttentionMixin, BertSelfAttention):
@@ -21,22 +20,12 @@ class LeanBertSelfAttention(LeanAttentionMixin, BertSelfAttention):
         q = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)  # (B, h, S, d)
         k = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
         v = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
-        if past_key_values is not None:
-            cache = past_key_values
-            if isinstance(cache, EncoderDecoderCache):
-                cache = cache.self_attention_cache
-            k, v = cache.update(k, v, self.layer_idx)
+        k, v = self._cache_update(past_key_values, k, v)
         out = self._lean_attend(q, k, v, attention_mask, dropout_p=self.dropout.p if self.training else 0.0,
                                 scaling=self.scaling)  # (B, S, h, d)
         return out.reshape(*input_shape, -1), None
 
 
-def _attention(m, cfg):
-    new = clone_as(LeanBertSelfAttention, m)
-    new.lean_mode = cfg.attention
-    return new
-
-
 def rules() -> list[Rule]:
-    return [Rule("attention", is_type(BertSelfAttention), _attention, lambda c: c.attention != "off",
-                 descend=True, keep=("dropout",))]
+    return [Rule("attention", is_type(BertSelfAttention), lean_attention_builder(LeanBertSelfAttention),
+                 lambda c: c.attention != "off", descend=True, keep=("dropout",))]

@@ -6,11 +6,10 @@ attention-interface call replaced by the lean kernel. ``reorder_and_upcast_attn`
 """
 from __future__ import annotations
 
-from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 
-from leanformer.patch.attention.hf import LeanAttentionMixin
-from leanformer.patch.engine import Rule, clone_as, is_type
+from leanformer.patch.attention.hf import LeanAttentionMixin, lean_attention_builder
+from leanformer.patch.engine import Rule, is_type
 
 
 class LeanGPT2Attention(LeanAttentionMixin, GPT2Attention):
@@ -23,21 +22,11 @@ class LeanGPT2Attention(LeanAttentionMixin, GPT2Attention):
         q = q.view(*q.shape[:-1], -1, self.head_dim).transpose(1, 2)  # (B, h, S, d)
         k = k.view(*k.shape[:-1], -1, self.head_dim).transpose(1, 2)
         v = v.view(*v.shape[:-1], -1, self.head_dim).transpose(1, 2)
-        if past_key_values is not None:
-            cache = past_key_values
-            if isinstance(cache, EncoderDecoderCache):
-                cache = cache.self_attention_cache
-            k, v = cache.update(k, v, self.layer_idx)
+        k, v = self._cache_update(past_key_values, k, v)
         out = self._lean_attend(q, k, v, attention_mask, dropout_p=self.attn_dropout.p if self.training else 0.0,
                                 scaling=self.scaling)  # (B, S, h, d)
         out = self.c_proj(out.reshape(*out.shape[:-2], -1))
         return self.resid_dropout(out), None
-
-
-def _attention(m, cfg):
-    new = clone_as(LeanGPT2Attention, m)
-    new.lean_mode = cfg.attention
-    return new
 
 
 def _plain_self_attention(m) -> bool:
@@ -45,5 +34,5 @@ def _plain_self_attention(m) -> bool:
 
 
 def rules() -> list[Rule]:
-    return [Rule("attention", _plain_self_attention, _attention, lambda c: c.attention != "off",
-                 descend=True, keep=("attn_dropout",))]
+    return [Rule("attention", _plain_self_attention, lean_attention_builder(LeanGPT2Attention),
+                 lambda c: c.attention != "off", descend=True, keep=("attn_dropout",))]

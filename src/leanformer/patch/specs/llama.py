@@ -8,8 +8,8 @@ from __future__ import annotations
 from transformers.models.llama import modeling_llama as hf
 
 from leanformer.layers import LeanGatedMLP
-from leanformer.patch.attention.hf import LeanAttentionMixin
-from leanformer.patch.engine import Rule, clone_as, is_type
+from leanformer.patch.attention.hf import LeanAttentionMixin, lean_attention_builder
+from leanformer.patch.engine import Rule, is_type
 from leanformer.patch.specs.generic import rmsnorm
 
 
@@ -25,17 +25,10 @@ class LeanLlamaAttention(LeanAttentionMixin, hf.LlamaAttention):
         v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        k, v = self._cache_update(past_key_values, k, v)
         out = self._lean_attend(q, k, v, attention_mask, scaling=self.scaling,
                                 dropout_p=self.attention_dropout if self.training else 0.0)  # (B, S, h, d)
         return self.o_proj(out.reshape(*input_shape, -1)), None
-
-
-def _attention(m, cfg):
-    new = clone_as(LeanLlamaAttention, m)
-    new.lean_mode = cfg.attention
-    return new
 
 
 def _gated_mlp(m, cfg):
@@ -44,8 +37,8 @@ def _gated_mlp(m, cfg):
 
 def rules() -> list[Rule]:
     return [
-        Rule("attention", is_type(hf.LlamaAttention), _attention, lambda c: c.attention != "off",
-             descend=True),
+        Rule("attention", is_type(hf.LlamaAttention), lean_attention_builder(LeanLlamaAttention),
+             lambda c: c.attention != "off", descend=True),
         Rule("gated_mlp", is_type(hf.LlamaMLP), _gated_mlp, lambda c: c.gated_mlp),
         Rule("norm", is_type(hf.LlamaRMSNorm), rmsnorm, lambda c: c.norms),
     ]
