@@ -15,7 +15,7 @@ from leanformer.optim import quant_state as Q
 @pytest.mark.parametrize("numel", [1, 255, 256, 1000])
 def test_roundtrip_error_bounds(numel):
     x = torch.randn(numel) * torch.logspace(-4, 0, numel)
-    codes, scales = torch.zeros((Q.n_blocks(numel), Q.BLOCK), dtype=torch.int8), torch.zeros(Q.n_blocks(numel))
+    codes, scales = torch.zeros(Q.block_shape(x), dtype=torch.int8), torch.zeros(Q.block_shape(x)[0])
     Q.quantize_signed_(x, codes, scales)
     back = Q.dequantize_signed(codes, scales, x)
     step = scales.repeat_interleave(Q.BLOCK)[:numel] / 127

@@ -48,13 +48,8 @@ def _unblock(b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return b.reshape(_rows(like), -1)[:, :length].reshape(like.shape)
 
 
-def n_blocks(numel: int) -> int:
-    """Blocks of a 1-D tensor of ``numel`` elements."""
-    return math.ceil(numel / BLOCK)
-
-
 def quantize_signed_(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> None:
-    """x (any shape, fp32) -> codes int8 (nblocks, BLOCK), scales fp32 (nblocks,), in place."""
+    """x (any shape, fp32) -> codes int8 (nblocks, block length), scales fp32 (nblocks,), in place."""
     b = _blocks(x)
     absmax = b.abs().amax(dim=1)  # (nblocks,)
     scales.copy_(absmax)

@@ -173,7 +173,7 @@ class Trainer:
 
     def fresh_optimizer(self, model: torch.nn.Module, name: str):
         return recipes.build_optimizer(name, model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                        model=model)
+                                        model=dist_.unwrap(model))  # groups are found on the model DDP wraps
 
     def measure_recipe(self, recipe: recipes.Recipe, optimizer: str, micro_batch: int):
         """One measured step of a throwaway model with this recipe at this micro-batch."""

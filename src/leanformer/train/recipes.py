@@ -87,7 +87,6 @@ def _lean_groups(model, params: list) -> list | None:
     groups_fn = load_piece("leanformer.optim", "lean_param_groups")
     if model is None or groups_fn is None:
         return None
-    model = getattr(model, "module", model)  # DDP wraps the model; the groups are found on the inner one
     try:
         groups = groups_fn(model)
     except ValueError:  # no embedding to single out: plain routing
