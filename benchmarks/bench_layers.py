@@ -24,30 +24,22 @@ from leanformer.ops import (lean_activation, lean_dropout, lean_gated_act, lean_
                             lean_linear, lean_rms_norm, lean_softmax_dropout_matmul)
 from leanformer.ops.activation import act_forward  # noqa: E402
 from leanformer.ops.approx import lean_gelu_from_output, lean_layer_norm_from_output  # noqa: E402
+from leanformer.profile import saved_bytes as count_saved  # noqa: E402
 
 MiB = 2 ** 20
 
 
-_PARAM_PTRS: set[int] = set()
+_PARAMS: list[torch.Tensor] = []  # every parameter the cases create: not activation memory
 
 
 def saved_bytes(fn, *args) -> int:
     """Bytes autograd saves running ``fn(*args)``: once per storage, parameter storages excluded."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in _PARAM_PTRS:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return sum(seen.values())
+    return count_saved(fn, *args, exclude=tuple(_PARAMS))[1]
 
 
 def _p(*shape, scale=0.02, offset=0.0):
     p = torch.nn.Parameter(torch.randn(*shape) * scale + offset)
-    _PARAM_PTRS.add(p.untyped_storage().data_ptr())
+    _PARAMS.append(p)
     return p
 
 

@@ -23,14 +23,8 @@ def _seed():
 
 
 def saved_tensor_bytes(fn, *args, **kwargs) -> tuple[object, int]:
-    """Run ``fn`` and count the bytes autograd saves for backward, once per unique storage."""
-    seen: dict[int, int] = {}
+    """Run ``fn`` and count the bytes autograd saves for backward, once per unique storage (parameters included)."""
+    from leanformer.profile import saved_bytes
 
-    def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*args, **kwargs)
-    return out, sum(seen.values())
+    out, nbytes, _ = saved_bytes(fn, *args, **kwargs)
+    return out, nbytes

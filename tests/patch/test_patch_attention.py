@@ -9,7 +9,7 @@ from conftest import TOL
 
 from leanformer.patch.attention.core import lean_attention
 from leanformer.patch.attention.reference import reference_attention
-from leanformer.patch.minimum import saved_bytes
+from leanformer.profile import saved_bytes
 
 # (batch, heads, kv heads, seq q, seq k, head dim, dropout, causal, mask kind)
 CASES = [

@@ -1,4 +1,4 @@
-"""The exact minimum of bytes one Transformer layer must keep for backward, from its shapes, and a counter.
+"""The exact minimum of bytes one Transformer layer must keep for backward, from its shapes, and a per-layer counter.
 
 Definition (research note actmem.md, section 4): keep only each matmul input once, per-row statistics,
 1-bit dropout masks, and recompute elementwise chains from what is stored (the GELU pre-activation, a norm's
@@ -82,25 +82,6 @@ def lean_layer_bytes(s: LayerShape, attention: str) -> dict[str, float]:
     if attention == "flash" and s.attn_dropout:
         items["attention dropout mask (1 bit)"] = s.batch * s.heads * s.seq * -(-s.seq // 8)
     return items
-
-
-def saved_bytes(fn, *args, exclude: tuple[torch.Tensor, ...] = (), **kwargs) -> tuple[object, int, list]:
-    """Run ``fn`` and count bytes autograd saves for backward, once per storage, skipping ``exclude``'s
-    storages (parameters, shared inputs). Returns (output, bytes, [(shape, dtype, nbytes), ...])."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, tuple] = {}
-
-    def pack(t: torch.Tensor):
-        if t.device.type != "meta" and t.numel() > 0:
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr not in skip and ptr not in seen:
-                seen[ptr] = (tuple(t.shape), t.dtype, st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*args, **kwargs)
-    return out, sum(v[2] for v in seen.values()), list(seen.values())
 
 
 def saved_bytes_by_layer(model, layers, **batch) -> tuple[list[int], int]:

@@ -11,5 +11,6 @@ from .kinds import KINDS
 from .measure import default_loss, measure_step
 from .plot import plot_reports
 from .report import StepMemoryReport
+from .saved import saved_bytes
 
-__all__ = ["KINDS", "StepMemoryReport", "default_loss", "measure_step", "plot_reports"]
+__all__ = ["KINDS", "StepMemoryReport", "default_loss", "measure_step", "plot_reports", "saved_bytes"]
