@@ -101,7 +101,8 @@ def build_model(name_or_path: str | os.PathLike, *, task: str = "lm", attn_imple
     else:
         auto = transformers.AutoModelForCausalLM
     torch.manual_seed(seed)
-    if spec.path is not None and any(spec.path.glob("*.safetensors")) or spec.path is not None and any(spec.path.glob("*.bin")):
+    has_weights = spec.path is not None and any(f.suffix in (".safetensors", ".bin") for f in spec.path.iterdir())
+    if has_weights:
         quiet = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # a missing MLM head on an encoder checkpoint is expected
         try:

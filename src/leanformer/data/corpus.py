@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _gather(stdlib: Path) -> str:
 def stdlib_docstrings() -> str:
     """The corpus text (cached; rebuilt if missing or written by another Python version)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    key = hashlib.sha1(f"{stdlib}|{os.sys.version}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"{stdlib}|{sys.version}".encode()).hexdigest()[:10]
     cached = cache_dir() / f"stdlib_docstrings-{key}.txt"
     if cached.is_file():
         return cached.read_text(encoding="utf-8")
