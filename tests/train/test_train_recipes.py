@@ -1,57 +1,64 @@
-"""The recipe table: each piece plugs in by one line, and a missing piece falls back with one warning."""
+"""The recipe table: each name maps to the real piece (lean layers, APOLLO family, AdamW) it plugs in."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from train_helpers import one_thread, text_file, tiny  # noqa: F401  (pytest fixtures)
+from train_helpers import one_thread  # noqa: F401  (pytest fixture)
+from leanformer import unpatch_
+from leanformer.optim import APOLLO, APOLLOMini
 from leanformer.train import recipes
-from leanformer.train.config import TrainConfig
-from leanformer.train.loop import train
 
 
-@pytest.fixture
-def warnings_seen(monkeypatch):
-    seen: list[str] = []
-    monkeypatch.setattr(recipes, "WARN", seen.append)
-    monkeypatch.setattr(recipes, "_warned", set())
-    return seen
+def _tiny_llama(hidden: int = 64):
+    from leanformer.models import build_model
+
+    return build_model("llama-tiny", num_hidden_layers=1, hidden_size=hidden, intermediate_size=2 * hidden,
+                       vocab_size=260, use_cache=False)
 
 
-def test_real_pieces_are_used(warnings_seen):
-    used, cls = recipes.resolve_optimizer("apollo-mini")
-    assert used == "apollo-mini" and cls.__module__.startswith("leanformer.optim")
-    assert recipes.piece("patch_") is not None and recipes.piece("measure_step") is not None
-    assert warnings_seen == []
+def test_optimizer_names_resolve_to_the_real_classes():
+    assert recipes.resolve_optimizer("apollo-mini") == ("apollo-mini", APOLLOMini)
+    assert recipes.resolve_optimizer("apollo") == ("apollo", APOLLO)
+    assert recipes.resolve_optimizer("adamw") == ("adamw", torch.optim.AdamW)
+    with pytest.raises(KeyError):
+        recipes.resolve_optimizer("sgd")
 
 
-def test_missing_pieces_fall_back_with_one_warning_each(monkeypatch, warnings_seen, text_file, tiny):
-    monkeypatch.setitem(recipes.OPTIMIZERS, "apollo-mini",
-                        recipes.OptimizerEntry("leanformer.no_such_module", "APOLLOMini", lr=3e-3, fallback="adamw"))
-    monkeypatch.setitem(recipes.PIECES, "patch_", ("leanformer.no_such_module", "patch_"))
-    monkeypatch.setitem(recipes.PIECES, "measure_step", ("leanformer.no_such_module", "measure_step"))
-    res = train(TrainConfig(**dict(tiny, data=str(text_file), steps=2, memory_table=True)), verbose=False)
-    assert res["optimizer"] == "adamw" and not res["patched"]
-    assert res["memory"]["lean"]["source"] == "fallback" and res["memory"]["lean"]["activations"] > 0
-    assert len(warnings_seen) == 3 and len(set(warnings_seen)) == 3  # once per piece, however often it is asked
-    assert all("\n" not in w for w in warnings_seen)
+def test_lean_recipe_patches_and_stock_leaves_the_model_alone():
+    model = _tiny_llama()
+    before = {n: type(m) for n, m in model.named_modules()}
+    assert recipes.apply_recipe_(model, recipes.RECIPES["stock"]) == {"patched": False}
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    info = recipes.apply_recipe_(model, recipes.RECIPES["lean"])
+    assert info["patched"] and sum(info["report"].values()) > 0
+    assert all(isinstance(k, str) and isinstance(v, int) for k, v in info["report"].items())  # JSON-friendly
+    assert {n: type(m) for n, m in model.named_modules()} != before
+    unpatch_(model)
+    assert {n: type(m) for n, m in model.named_modules()} == before
 
 
-def test_fallback_measure_agrees_with_the_profiler(tiny, text_file):
-    """The stand-in saved-tensor count used while the profiler is missing agrees with it on a stock model."""
-    from leanformer.train.budget import _fallback_measure, measure
-    from leanformer.train.loop import Trainer, token_loss_sum
+def test_apollo_mini_uses_the_lean_grouping_only_with_a_model():
+    model = _tiny_llama()
+    model.lm_head.weight.requires_grad_(False)  # frozen parameters never reach the optimizer
+    opt, name, lr = recipes.build_optimizer("apollo-mini", model.parameters(), lr=None, model=model)
+    assert isinstance(opt, APOLLOMini) and name == "apollo-mini" and lr == recipes.OPTIMIZERS["apollo-mini"].lr
+    emb = [g for g in opt.param_groups if g.get("lowrank") is False]
+    assert len(opt.param_groups) == 2 and len(emb) == 1
+    assert [p is model.get_input_embeddings().weight for p in emb[0]["params"]] == [True]
+    n_trainable = sum(p.requires_grad for p in model.parameters())
+    assert sum(len(g["params"]) for g in opt.param_groups) == n_trainable
+    plain, _, _ = recipes.build_optimizer("apollo-mini", model.parameters(), lr=1e-2)
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["lr"] == 1e-2
 
-    trainer = Trainer(TrainConfig(**dict(tiny, data=str(text_file), recipe="stock")), verbose=False)
-    try:
-        figures = []
-        for fn in (measure, _fallback_measure):
-            model, _ = trainer.fresh_model(recipes.RECIPES["stock"])
-            opt, _, _ = trainer.fresh_optimizer(model, "adamw")
-            inputs, targets = trainer._device_batch(trainer.data.train, torch.arange(2))
-            figures.append(fn(model, inputs, lambda out: token_loss_sum(out.logits, targets), opt))
-        real, fallback = figures
-        key = lambda m: (m.params, m.grads, m.optimizer_state, m.activations)  # noqa: E731
-        assert key(real) == key(fallback) and real.activations > 0  # measured: equal to the byte on stock layers
-    finally:
-        trainer.close()
+
+def test_apollo_rank_and_adamw_weight_decay_defaults():
+    apollo, _, _ = recipes.build_optimizer("apollo", _tiny_llama(hidden=128).parameters(), lr=None)
+    assert apollo.param_groups[0]["rank"] == 64  # the cap: every matrix side is >= 128
+    model = _tiny_llama(hidden=48)
+    apollo, _, _ = recipes.build_optimizer("apollo", model.parameters(), lr=None)
+    assert apollo.param_groups[0]["rank"] == 48  # never above a matrix side
+    adamw, _, lr = recipes.build_optimizer("adamw", model.parameters(), lr=None)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 0.0 and lr == 1e-3
+    adamw, _, _ = recipes.build_optimizer("adamw", model.parameters(), lr=None, weight_decay=0.1)
+    assert adamw.param_groups[0]["weight_decay"] == 0.1

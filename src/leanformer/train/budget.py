@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from leanformer.train.recipes import piece, warn_once
+from leanformer.profile import measure_step
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
@@ -50,7 +50,7 @@ class StepMemory:
     grads: int
     optimizer_state: int
     activations: int  # saved for backward
-    source: str = "leanformer.profile"
+    source: str = "leanformer.profile"  # who measured it: shown in the memory table
 
     @property
     def total(self) -> int:
@@ -62,40 +62,13 @@ class StepMemory:
 
 
 def measure(model: torch.nn.Module, inputs: dict, loss_fn: Callable, optimizer) -> StepMemory:
-    """One training step of ``model`` measured by the profiler (or a minimal fallback while it is missing).
+    """One training step of ``model`` measured by ``leanformer.profile.measure_step``.
 
     ``loss_fn(outputs) -> scalar``. The step runs ``optimizer.step()``: pass a throwaway model copy.
     """
-    measure_step = piece("measure_step")
-    if measure_step is None:
-        warn_once("leanformer.profile.measure_step is not available; memory figures use a minimal saved-tensor count")
-        return _fallback_measure(model, inputs, loss_fn, optimizer)
     rep = measure_step(model, inputs, loss_fn=loss_fn, optimizer=optimizer)
     return StepMemory(int(rep.params_bytes), int(rep.grads_bytes), int(rep.optimizer_state_bytes),
                       int(rep.saved_activation_bytes))
-
-
-def _fallback_measure(model, inputs, loss_fn, optimizer) -> StepMemory:
-    """Unique storages saved for backward (parameters excluded: counted once as params), grads, state."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        s = t.untyped_storage()
-        if s.data_ptr() not in param_ptrs:
-            saved[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model(**inputs))
-    loss.backward()
-    optimizer.step()
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                if isinstance(v, torch.Tensor))
-    optimizer.zero_grad(set_to_none=True)
-    return StepMemory(params, grads, state, sum(saved.values()), "fallback")
 
 
 @dataclass

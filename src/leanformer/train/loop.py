@@ -73,8 +73,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, verbose: bool = True):
         self.cfg, self.verbose = cfg, verbose
         self.ctx = dist_.setup(cfg.distributed)
-        if not self.ctx.is_main:
-            recipes.WARN = lambda msg: None  # one rank speaks
         self.recipe = recipes.RECIPES[cfg.recipe]
         self.autocast = cfg.dtype == "bfloat16"
         try:
@@ -152,8 +150,6 @@ class Trainer:
     def fresh_model(self, recipe: recipes.Recipe) -> tuple[torch.nn.Module, dict[str, Any]]:
         model = self._build(recipe)
         info = recipes.apply_recipe_(model, recipe)
-        if info.pop("rebuild", False):  # patch_ failed half-way: start again from a clean model
-            model = self._build(recipe)
         return model.to(self.ctx.device).train(), info
 
     def _build(self, recipe: recipes.Recipe) -> torch.nn.Module:
