@@ -12,9 +12,9 @@ needs_bf16 = pytest.mark.skipif(not fast_bf16_cpu(), reason="packed CPU kernels 
 
 @pytest.fixture(autouse=True)
 def _policy():
-    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True)
+    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True)
     yield
-    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True)
+    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True)
 
 
 def _module(n, k, **q):
@@ -140,3 +140,57 @@ def test_int8pack_with_misaligned_weight():
     mod.qweight = misaligned
     x = _inputs(20, 64)
     torch.testing.assert_close(mod(x, kernel="int8pack"), _ref(mod, x, torch.bfloat16), **TOL[torch.bfloat16])
+
+
+def _count_quantizations(monkeypatch):
+    import leanformer.quant.kernels as kernels
+
+    calls = []
+    real = kernels.quantize_per_token
+    monkeypatch.setattr(kernels, "quantize_per_token", lambda x2: calls.append(x2.shape) or real(x2))
+    return calls
+
+
+def test_w8a8_shares_one_activation_quantization_between_readers(monkeypatch):
+    """q/k/v projections read one tensor: it is quantized once, and every output still equals the reference."""
+    calls = _count_quantizations(monkeypatch)
+    q, k, v = (_module(48, 64, bits=8, act_bits=8) for _ in range(3))
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        outs = [mod(x) for mod in (q, k, v)]
+    assert len(calls) == 1
+    for mod, out in zip((q, k, v), outs):
+        torch.testing.assert_close(out, _w8a8_reference(mod, x.reshape(-1, 64)).view(2, 5, 48), **TOL[torch.float32])
+
+
+def test_w8a8_shared_quantization_never_serves_stale_codes(monkeypatch):
+    calls = _count_quantizations(monkeypatch)
+    mod = _module(48, 64, bits=8, act_bits=8)
+    x = torch.randn(6, 64)
+    with torch.no_grad():
+        mod(x)
+        x.mul_(3.0)  # in-place write: the version counter moves, the codes must be recomputed
+        torch.testing.assert_close(mod(x), _w8a8_reference(mod, x), **TOL[torch.float32])
+        mod(x[1:])  # another view of the same memory is another input
+        assert len(calls) == 3
+        y = torch.randn(6, 64)  # a new tensor, even if it lands at a recycled address
+        torch.testing.assert_close(mod(y), _w8a8_reference(mod, y), **TOL[torch.float32])
+    with torch.inference_mode():  # inference tensors have no version counter: never reused, still right
+        z = torch.randn(6, 64)
+        before = len(calls)
+        mod(z), mod(z)
+        assert len(calls) == before + 2
+        torch.testing.assert_close(mod(z), _w8a8_reference(mod, z), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("n, k, q", [c for c in CASES if c[2]["bits"] <= 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_planar_cache_unpacks_the_same_weight(n, k, q, dtype):
+    """The in-memory group-planar copy and the file layout dequantize to bit-identical weights."""
+    mod = _module(n, k, **q)
+    fast = mod.dequantized_weight(dtype)
+    set_policy(planar_cache=False)
+    mod.load_state_dict(mod.state_dict())  # drop caches
+    slow = mod.dequantized_weight(dtype)
+    assert torch.equal(fast, slow)
+    torch.testing.assert_close(slow.float(), mod.quantized_weight().dequantize(), **TOL[dtype])

@@ -60,3 +60,24 @@ def test_qweight_validation(kwargs, match):
     base.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         QuantizedWeight(**base)
+
+
+@pytest.mark.parametrize("n, k, gs", [(1, 2, 2), (3, 64, 64), (5, 96, 32), (2, 40, 8)])
+def test_group_planar_roundtrip_and_layout(n, k, gs):
+    from leanformer.quant.packing import group_planar, unpack_group_planar_to
+
+    nib = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    planar = group_planar(nib, gs)
+    assert planar.shape == (n, k // gs, gs // 2) and planar.dtype == torch.uint8  # still two codes per byte
+    # byte j of group g holds column g*gs + j (low nibble) and g*gs + j + gs/2 (high nibble)
+    assert int(planar[0, 0, 0]) == int(nib[0, 0]) | (int(nib[0, gs // 2]) << 4)
+    for dtype in (torch.float32, torch.bfloat16):
+        out = unpack_group_planar_to(planar, dtype)
+        assert out.dtype == dtype and torch.equal(out.reshape(n, k), nib.to(dtype))
+
+
+def test_group_planar_rejects_odd_groups():
+    from leanformer.quant.packing import group_planar
+
+    with pytest.raises(ValueError, match="even group size"):
+        group_planar(torch.zeros(2, 39, dtype=torch.uint8), 13)

@@ -18,13 +18,16 @@ process runs the same kernel, so saved models reproduce outputs exactly. ``Kerne
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
-           "fast_bf16_cpu", "quantize_per_token"]
+           "fast_bf16_cpu", "quantize_per_token", "quantize_per_token_shared",
+           "prepare_shared"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,6 +47,9 @@ class KernelPolicy:
     int4_rows: int = 96  # rows <= this use _weight_int4pack_mm_for_cpu
     compute_dtype: str = "auto"  # "auto" | "float32" | "bfloat16" for the dequant path on fp32 inputs
     allow_pack_kernels: bool = True
+    # keep a second, group-planar copy of int4 codes in memory (packing.group_planar): ~3-4x faster unpacking
+    # on the batch path for K/2 more bytes per row; False halves int4 weight memory at run time
+    planar_cache: bool = True
 
 
 _POLICY = KernelPolicy()
@@ -102,14 +108,16 @@ def _epilogue(y: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
     if bias is None:
         return y.to(out_dtype)
     if out_dtype == torch.float32:
-        return y.add_(bias) if y.dtype == torch.float32 else torch.add(y, bias)
+        # cast then add in place: mixed bf16 + fp32 promotion in one op is ~20% slower on CPU (measured)
+        return y.add_(bias) if y.dtype == torch.float32 else y.float().add_(bias)
     return (y + bias.to(y.dtype)).to(out_dtype)
 
 
 def _dequant(mod, x2, bias, out_dtype):
     dtype = _compute_dtype(x2)
     w = mod.dequantized_weight(dtype)  # (N, K)
-    return _epilogue(F.linear(x2.to(dtype), w), bias, out_dtype)
+    xc = x2 if x2.dtype == dtype else prepare_shared(f"cast_{dtype}", x2, lambda t: t.to(dtype))  # (M, K)
+    return _epilogue(F.linear(xc, w), bias, out_dtype)
 
 
 def _int8pack(mod, x2, bias, out_dtype):
@@ -157,14 +165,53 @@ def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # max(amax, -amin): two vectorised reductions, no |x| temporary. linalg.vector_norm(inf) and aminmax are
     # 50-70x slower on CPU here (measured: 1.9 ms vs 0.03 ms for 576x384).
     absmax = torch.maximum(x2.amax(-1, keepdim=True), x2.amin(-1, keepdim=True).neg())  # (M, 1)
-    scale = absmax.float().clamp_min(1e-8) / 127.0
-    # |x / scale| <= 127 by construction, so no clamp is needed before the cast
-    q = (x2.float() / scale).round_().to(torch.int8)
-    return q, scale
+    absmax = absmax.float().clamp_min_(1e-8)
+    # multiply by the reciprocal: one (M, 1) division instead of an (M, K) one (~10% of this function).
+    # |x * 127 / absmax| <= 127 by construction, so no clamp is needed before the cast
+    q = torch.mul(x2, 127.0 / absmax).round_().to(torch.int8)
+    return q, absmax / 127.0
+
+
+class _LastInputs(threading.local):
+    """Per thread: for each kind of input preparation, the last input prepared and the result."""
+
+    def __init__(self):
+        self.slots: dict = {}  # kind -> (weakref to the memory's owner, view key, result)
+
+
+_LAST = _LastInputs()
+
+
+def prepare_shared(kind: str, x2: torch.Tensor, prepare):
+    """``prepare(x2)``, reusing the previous result of this ``kind`` when ``x2`` is the same, unchanged data.
+
+    The query, key and value projections of an attention block read one tensor; preparing it once (per-token
+    int8 codes for W8A8, the bf16 copy for the dequant path) instead of three times removes a third of those
+    passes. "Same" means: the tensor that owns the memory is still alive (held by weak reference, so its
+    memory cannot have been recycled), the view (pointer, shape, strides, dtype) is identical, and its
+    version counter - bumped by every in-place write through any view - has not moved. Inference-mode
+    tensors have no version counter, and inputs that need gradients may be rewritten by autograd-visible
+    code paths: neither is ever reused.
+    """
+    if x2.is_inference() or x2.requires_grad:
+        return prepare(x2)
+    base = x2._base if x2._base is not None else x2
+    key = (x2.data_ptr(), tuple(x2.shape), x2.stride(), x2.dtype, x2.device, x2._version)
+    slot = _LAST.slots.get(kind)
+    if slot is not None and slot[0]() is base and slot[1] == key:
+        return slot[2]
+    result = prepare(x2)
+    _LAST.slots[kind] = (weakref.ref(base), key, result)
+    return result
+
+
+def quantize_per_token_shared(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_per_token`` through ``prepare_shared``."""
+    return prepare_shared("int8_per_token", x2, lambda t: quantize_per_token(t))
 
 
 def _w8a8(mod, x2, bias, out_dtype):
-    xq, xs = quantize_per_token(x2)  # (M, K) int8, (M, 1)
+    xq, xs = quantize_per_token_shared(x2)  # (M, K) int8, (M, 1)
     wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
     acc = torch._int_mm(xq, wt)  # (M, N) int32
     # cast, then in-place broadcasts: ~10x faster than multiplying by the (M, N) outer product of the two

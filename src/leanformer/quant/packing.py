@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pack_codes", "unpack_codes", "unpack_nibbles_to", "packed_shape", "NIBBLE_OFFSET"]
+__all__ = ["pack_codes", "unpack_codes", "unpack_nibbles_to", "packed_shape", "NIBBLE_OFFSET", "group_planar",
+           "unpack_group_planar_to"]
 
 NIBBLE_OFFSET = 8  # signed 4-bit code c is stored as c + 8
 
@@ -58,3 +59,27 @@ def unpack_nibbles_to(packed: torch.Tensor, k: int, dtype: torch.dtype) -> torch
     out[..., 1] = packed >> 4
     out = out.view(n, 2 * half)
     return out if 2 * half == k else out[:, :k].contiguous()
+
+
+# ---------------------------------------------------------------------------- in-memory kernel layout
+# The file layout above interleaves neighbouring columns in a byte, so unpacking writes every other float
+# (stride-2 stores, not vectorised: ~0.45 ms per 1536x384 weight here). This second layout, built in memory
+# only, pairs column j of a group with column j + gs/2: each nibble plane unpacks with contiguous stores,
+# ~3-4x faster (measured, 1 thread). Same number of bytes; never written to disk.
+
+def group_planar(nibbles: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Raw nibbles (N, K) uint8 in 0..15 -> (N, G, gs/2) uint8: low nibble = column j, high = j + gs/2."""
+    n, k = nibbles.shape
+    if group_size % 2 or k % group_size:
+        raise ValueError(f"group-planar layout needs an even group size dividing K, got {group_size} for K={k}")
+    halves = nibbles.view(n, k // group_size, 2, group_size // 2)  # (N, G, 2, gs/2)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).contiguous()
+
+
+def unpack_group_planar_to(planar: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of ``group_planar`` straight into a fresh ``dtype`` tensor (N, G, gs) of raw values 0..15."""
+    n, g, half = planar.shape
+    out = torch.empty(n, g, 2, half, dtype=dtype, device=planar.device)  # (N, G, 2, gs/2)
+    out[:, :, 0] = planar & 0xF
+    out[:, :, 1] = planar >> 4
+    return out.view(n, g, 2 * half)
