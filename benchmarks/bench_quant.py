@@ -112,7 +112,7 @@ def _size_mb(model, provider) -> float:
 
 
 def _interleaved(fns: dict, reps: int) -> dict:
-    """Median seconds of each fn, timed in interleaved rounds so machine noise hits all alike."""
+    """Seconds of each fn per round, timed in interleaved rounds so machine noise hits all alike."""
     for fn in fns.values():
         fn()
     times = {k: [] for k in fns}
@@ -121,12 +121,22 @@ def _interleaved(fns: dict, reps: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _speedup(times: dict, base: str, k: str) -> float:
+    """Median over rounds of base/k, each ratio taken within one round: the load on this shared machine
+    drifts by 10-30 % over minutes, and a per-round ratio cancels what both runs of a round see."""
+    return statistics.median(b / q for b, q in zip(times[base], times[k]))
+
+
+def _median(times: dict) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
 def kernel_sweep(rows: Rows, reps: int) -> None:
     """One MiniLM FFN-in layer (384 -> 1536): every kernel path against fp32 / bf16 F.linear, by row count."""
-    from leanformer.quant import QuantizedLinear, quantize_rtn
+    from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
     from leanformer.quant.kernels import _int4pack_ok, _int8pack_ok, fast_bf16_cpu
 
     lin = torch.nn.Linear(384, 1536)
@@ -136,6 +146,7 @@ def kernel_sweep(rows: Rows, reps: int) -> None:
         "w8a8": QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8),
     }
     lin_bf16 = copy.deepcopy(lin).to(torch.bfloat16)
+    set_policy(share_prepared_inputs=False)  # one x is timed over and over: each call must prepare it afresh
     print("\nkernel sweep, 384 -> 1536 (ms; x = speed-up vs fp32 F.linear)")
     for m in (1, 4, 16, 64, 256, 640):
         x = torch.randn(m, 384)
@@ -150,12 +161,13 @@ def kernel_sweep(rows: Rows, reps: int) -> None:
                 fns[f"{fmt}:{path}"] = (lambda mod=mod, path=path: mod(x, kernel=path))
             fns[f"{fmt}:auto"] = (lambda mod=mod: mod(x))
         with torch.no_grad():
-            med = _interleaved(fns, reps)
-        line = " ".join(f"{k}={v * 1e3:.3f}({med['fp32'] / v:.2f}x)" for k, v in med.items())
+            times = _interleaved(fns, reps)
+        med = _median(times)
+        line = " ".join(f"{k}={v * 1e3:.3f}({_speedup(times, 'fp32', k):.2f}x)" for k, v in med.items())
         print(f"M={m:4d} {line}")
         for k, v in med.items():
             rows.add("linear_384x1536", k.split(":")[0], "latency", "ms", v * 1e3, mode="forward",
-                     x_name="rows", x_value=m, config={"kernel": k, "speedup_vs_fp32": med["fp32"] / v})
+                     x_name="rows", x_value=m, config={"kernel": k, "speedup_vs_fp32": _speedup(times, "fp32", k)})
 
 
 def main() -> int:
@@ -168,7 +180,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    reps = 3 if args.quick else 7
+    reps = 3 if args.quick else 9
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     base = build_model("minilm", task="base").eval()
     ref = embed(base, tok, SENTENCES)
@@ -214,8 +226,9 @@ def main() -> int:
                     traceback.print_exc()
                 rows.add("minilm", provider, "failed", "", 1, config={"method": name, "error": msg})
                 continue
-            s32f, s32b = lat32["fp32"] / lat32["q"], lat32["bf16"] / lat32["q"]
-            s1f, s1b = lat1["fp32"] / lat1["q"], lat1["bf16"] / lat1["q"]
+            s32f, s32b = _speedup(lat32, "fp32", "q"), _speedup(lat32, "bf16", "q")
+            s1f, s1b = _speedup(lat1, "fp32", "q"), _speedup(lat1, "bf16", "q")
+            lat32, lat1 = _median(lat32), _median(lat1)
             table.append((name, provider, fid.mean_cos, fid.worst_cos, fid.nn_agreement, size, qcpu, s32f, s32b,
                           s1f, s1b, lin_mb))
             cfg = {"method": name, "desc": desc}

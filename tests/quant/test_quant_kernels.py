@@ -12,9 +12,11 @@ needs_bf16 = pytest.mark.skipif(not fast_bf16_cpu(), reason="packed CPU kernels 
 
 @pytest.fixture(autouse=True)
 def _policy():
-    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True)
+    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True,
+               share_prepared_inputs=True)
     yield
-    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True)
+    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True,
+               share_prepared_inputs=True)
 
 
 def _module(n, k, **q):
@@ -161,6 +163,11 @@ def test_w8a8_shares_one_activation_quantization_between_readers(monkeypatch):
     assert len(calls) == 1
     for mod, out in zip((q, k, v), outs):
         torch.testing.assert_close(out, _w8a8_reference(mod, x.reshape(-1, 64)).view(2, 5, 48), **TOL[torch.float32])
+    set_policy(share_prepared_inputs=False)
+    with torch.no_grad():
+        for mod in (q, k, v):
+            mod(x)
+    assert len(calls) == 4
 
 
 def test_w8a8_shared_quantization_never_serves_stale_codes(monkeypatch):

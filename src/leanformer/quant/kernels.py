@@ -50,6 +50,8 @@ class KernelPolicy:
     # keep a second, group-planar copy of int4 codes in memory (packing.group_planar): ~3-4x faster unpacking
     # on the batch path for K/2 more bytes per row; False halves int4 weight memory at run time
     planar_cache: bool = True
+    # Linears reading the same unchanged tensor (q/k/v) reuse one activation preparation (prepare_shared)
+    share_prepared_inputs: bool = True
 
 
 _POLICY = KernelPolicy()
@@ -193,7 +195,7 @@ def prepare_shared(kind: str, x2: torch.Tensor, prepare):
     tensors have no version counter, and inputs that need gradients may be rewritten by autograd-visible
     code paths: neither is ever reused.
     """
-    if x2.is_inference() or x2.requires_grad:
+    if x2.is_inference() or x2.requires_grad or not _POLICY.share_prepared_inputs:
         return prepare(x2)
     base = x2._base if x2._base is not None else x2
     key = (x2.data_ptr(), tuple(x2.shape), x2.stride(), x2.dtype, x2.device, x2._version)
