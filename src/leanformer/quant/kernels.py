@@ -195,7 +195,9 @@ def prepare_shared(kind: str, x2: torch.Tensor, prepare):
     tensors have no version counter, and inputs that need gradients may be rewritten by autograd-visible
     code paths: neither is ever reused.
     """
-    if x2.is_inference() or x2.requires_grad or not _POLICY.share_prepared_inputs:
+    # under torch.compile the identity/version test would be traced once and baked in: never reuse there
+    if (x2.is_inference() or x2.requires_grad or not _POLICY.share_prepared_inputs
+            or torch.compiler.is_compiling()):
         return prepare(x2)
     base = x2._base if x2._base is not None else x2
     key = (x2.data_ptr(), tuple(x2.shape), x2.stride(), x2.dtype, x2.device, x2._version)
