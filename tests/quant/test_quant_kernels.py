@@ -148,8 +148,8 @@ def _count_quantizations(monkeypatch):
     import leanformer.quant.kernels as kernels
 
     calls = []
-    real = kernels.quantize_per_token
-    monkeypatch.setattr(kernels, "quantize_per_token", lambda x2: calls.append(x2.shape) or real(x2))
+    real = kernels.quantize_activations
+    monkeypatch.setattr(kernels, "quantize_activations", lambda x2: calls.append(x2.shape) or real(x2))
     return calls
 
 

@@ -38,6 +38,7 @@ def collect() -> dict:
     import torch
 
     from leanformer import __version__
+    from leanformer.quant.native import native_status
 
     packages = ("transformers", "accelerate", "safetensors", "numpy", "torchao", "hqq", "apollo-torch", "matplotlib")
     return {
@@ -53,6 +54,7 @@ def collect() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": _cpu_flags(),
+        "native_w8a8_kernels": native_status(),
         "packages": {name: _package_version(name) for name in packages},
     }
 

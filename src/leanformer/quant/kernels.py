@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
            "fast_bf16_cpu", "quantize_per_token", "quantize_per_token_shared",
-           "prepare_shared"]
+           "prepare_shared", "quantize_activations"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,6 +52,8 @@ class KernelPolicy:
     planar_cache: bool = True
     # Linears reading the same unchanged tensor (q/k/v) reuse one activation preparation (prepare_shared)
     share_prepared_inputs: bool = True
+    # fused C++ passes around torch._int_mm for W8A8 on CPU (native.py): bit-identical, compiled on first use
+    native: bool = True
 
 
 _POLICY = KernelPolicy()
@@ -209,15 +211,41 @@ def prepare_shared(kind: str, x2: torch.Tensor, prepare):
     return result
 
 
+def _native_for(x2: torch.Tensor):
+    """The fused CPU ops for this input, or None (other devices, compiling, disabled, or failed to build)."""
+    if x2.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    from .native import native_ops
+
+    return native_ops()
+
+
+def quantize_activations(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_per_token``, through the fused native op when it applies (bit-identical results)."""
+    ops = _native_for(x2) if x2.dtype == torch.float32 and x2.is_contiguous() else None
+    if ops is not None:
+        codes, scale, finite = ops.quantize_rows(x2)
+        if finite:  # NaN / inf rows: keep the eager path's exact behaviour rather than define a new one
+            return codes, scale
+    return quantize_per_token(x2)
+
+
 def quantize_per_token_shared(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``quantize_per_token`` through ``prepare_shared``."""
-    return prepare_shared("int8_per_token", x2, lambda t: quantize_per_token(t))
+    """``quantize_activations`` through ``prepare_shared``."""
+    return prepare_shared("int8_per_token", x2, lambda t: quantize_activations(t))
+
+
+_NO_BIAS = torch.empty(0)
 
 
 def _w8a8(mod, x2, bias, out_dtype):
     xq, xs = quantize_per_token_shared(x2)  # (M, K) int8, (M, 1)
     wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
     acc = torch._int_mm(xq, wt)  # (M, N) int32
+    ops = _native_for(acc) if out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) else None
+    if ops is not None:  # one fused sweep instead of cast, two multiplies and the bias add below
+        ws = mod.kernel_cache("w8a8_scale_flat", lambda: mod.scale.float().reshape(-1).contiguous())
+        return ops.rescale_int32(acc, xs, ws, _NO_BIAS if bias is None else bias.contiguous())
     # cast, then in-place broadcasts: ~10x faster than multiplying by the (M, N) outer product of the two
     # scale vectors, and ~30% faster than the mixed int32 * fp32 promotion (measured)
     y = acc.float().mul_(xs).mul_(mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1)))

@@ -1,0 +1,75 @@
+"""Optional native CPU kernels, compiled on this machine the first time they are needed.
+
+``csrc/w8a8_cpu.cpp`` fuses the passes around ``torch._int_mm`` in dynamic W8A8 layers (activation
+quantization; int32 -> float rescale with bias). The eager versions in ``kernels.py`` stay the reference
+and the fallback: the native ones produce bit-identical outputs (tested), so whether they are used changes
+speed only. Measured on MiniLM, batch 32, 1 thread: see docs/quant.md.
+
+The build uses ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ``ninja``, a dependency of
+leanformer) and is cached by torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``); later
+processes load it in well under a second. ``-march=native`` targets this CPU, so the cache key includes
+the CPU's instruction-set level. If anything fails (no compiler, an odd platform), one warning is printed
+and the eager path runs. Set ``LEANFORMER_NATIVE=0`` or ``set_policy(native=False)`` to never build.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["native_ops", "native_status"]
+
+_SOURCE = Path(__file__).parent / "csrc" / "w8a8_cpu.cpp"
+_LOCK = threading.Lock()
+_STATE: dict = {}  # "ops" -> loaded module or None; "error" -> why it is None
+
+
+def _extension_name() -> str:
+    capability = torch.backends.cpu.get_cpu_capability().lower()  # e.g. "avx512": -march=native differs by CPU
+    return f"leanformer_w8a8_cpu_{capability}"
+
+
+def _enabled() -> bool:
+    from .kernels import get_policy
+
+    return get_policy().native and os.environ.get("LEANFORMER_NATIVE", "1") != "0"
+
+
+def native_ops():
+    """The compiled module (``quantize_rows``, ``rescale_int32``), or None when disabled or unavailable."""
+    if not _enabled():
+        return None
+    if "ops" in _STATE:
+        return _STATE["ops"]
+    with _LOCK:
+        if "ops" not in _STATE:
+            _STATE["ops"] = _build()
+    return _STATE["ops"]
+
+
+def native_status() -> str:
+    """One line for ``leanformer env`` and bug reports."""
+    if not _enabled():
+        return "off (LEANFORMER_NATIVE=0 or set_policy(native=False))"
+    if "ops" not in _STATE:
+        return "not built yet (built on first W8A8 forward on CPU)"
+    return "loaded" if _STATE["ops"] is not None else f"unavailable: {_STATE.get('error')}"
+
+
+def _build():
+    try:
+        from torch.utils.cpp_extension import load
+
+        print("leanformer: compiling the native W8A8 CPU kernels (once per machine, ~30 s)...", file=sys.stderr,
+              flush=True)
+        return load(name=_extension_name(), sources=[str(_SOURCE)],
+                    extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd"], verbose=False)
+    except Exception as exc:  # no compiler, no ninja, unsupported platform: the eager path is always there
+        _STATE["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc) else ''}"
+        warnings.warn(f"leanformer native W8A8 kernels unavailable ({_STATE['error']}); using the eager path",
+                      RuntimeWarning, stacklevel=3)
+        return None

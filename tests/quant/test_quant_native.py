@@ -1,0 +1,104 @@
+"""The optional native W8A8 CPU ops against the eager reference: bit-identical, and a safe fallback."""
+import pytest
+import torch
+
+from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
+from leanformer.quant import kernels, native
+from leanformer.quant.native import native_ops, native_status
+
+
+@pytest.fixture(scope="module")
+def ops():
+    loaded = native_ops()
+    if loaded is None:
+        pytest.skip(f"native kernels not built here: {native_status()}")
+    return loaded
+
+
+@pytest.fixture(autouse=True)
+def _native_on():
+    set_policy(native=True)
+    yield
+    set_policy(native=True)
+
+
+def _rows(m, k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen) * torch.logspace(-3, 3, m).unsqueeze(-1)  # rows from 1e-3 to 1e3
+    x[0] = 0.0  # an all-zero row: the 1e-8 floor on the scale
+    return x
+
+
+@pytest.mark.parametrize("m, k", [(1, 1), (3, 13), (37, 64), (256, 1536)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quantize_rows_is_bit_identical(ops, m, k, seed):
+    x = _rows(m, k, seed)
+    codes, scale, finite = ops.quantize_rows(x)
+    ref_codes, ref_scale = kernels.quantize_per_token(x)
+    assert bool(finite) and torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
+
+
+def test_quantize_rows_reports_non_finite_and_dispatch_falls_back(ops):
+    x = _rows(4, 16, 0)
+    x[2, 5] = float("nan")
+    assert not bool(ops.quantize_rows(x)[2])
+    x[2, 5] = float("inf")
+    assert not bool(ops.quantize_rows(x)[2])
+    codes, scale = kernels.quantize_activations(x)  # the eager path's behaviour, whatever it is
+    ref_codes, ref_scale = kernels.quantize_per_token(x)
+    assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
+    strided = _rows(5, 32, 1)[:, ::2]  # non-contiguous: eager path, same result
+    assert all(torch.equal(a, b) for a, b in zip(kernels.quantize_activations(strided),
+                                                 kernels.quantize_per_token(strided)))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_rescale_is_bit_identical(ops, with_bias):
+    gen = torch.Generator().manual_seed(3)
+    acc = torch.randint(-(2 ** 25), 2 ** 25, (17, 40), dtype=torch.int32, generator=gen)  # > 2**24: rounding casts
+    xs, ws, bias = torch.rand(17, 1, generator=gen), torch.rand(40, generator=gen), torch.randn(40, generator=gen)
+    ref = acc.float().mul_(xs).mul_(ws.reshape(1, -1))
+    if with_bias:
+        ref.add_(bias)
+    out = ops.rescale_int32(acc, xs, ws, bias if with_bias else torch.empty(0))
+    assert torch.equal(out, ref)
+
+
+def test_native_ops_reject_bad_input(ops):
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.quantize_rows(torch.randn(2, 8, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="int32"):
+        ops.rescale_int32(torch.zeros(2, 3), torch.ones(2, 1), torch.ones(3), torch.empty(0))
+
+
+def test_w8a8_module_is_bit_identical_with_and_without_native(ops):
+    lin = torch.nn.Linear(96, 48)
+    mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8)
+    x = torch.randn(2, 7, 96) * 4
+    with torch.no_grad():
+        fast = mod(x)
+        set_policy(native=False)
+        slow = mod(x.clone())
+    assert torch.equal(fast, slow)
+
+
+def test_failed_build_warns_once_and_uses_the_eager_path(monkeypatch):
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setattr(native, "_SOURCE", native._SOURCE.with_name("missing.cpp"))
+    monkeypatch.setattr(native, "_extension_name", lambda: "leanformer_missing_source_test")
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert native_ops() is None
+    assert native_ops() is None and native_status().startswith("unavailable")
+    lin = torch.nn.Linear(32, 16)
+    mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8)
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        out = mod(x)
+    xq, xs = kernels.quantize_per_token(x)
+    ref = torch._int_mm(xq, mod.qweight.t()).float().mul_(xs).mul_(mod.scale.float().reshape(1, -1)).add_(mod.bias)
+    assert torch.equal(out, ref)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("LEANFORMER_NATIVE", "0")
+    assert native_ops() is None and native_status().startswith("off")
