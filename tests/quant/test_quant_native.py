@@ -102,3 +102,32 @@ def test_failed_build_warns_once_and_uses_the_eager_path(monkeypatch):
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("LEANFORMER_NATIVE", "0")
     assert native_ops() is None and native_status().startswith("off")
+
+
+@pytest.mark.parametrize("q", [dict(bits=4, group_size=32, symmetric=False, clip_search=True),
+                               dict(bits=4, group_size=64, symmetric=True), dict(bits=3, group_size=16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_dequant_is_bit_identical(ops, q, dtype):
+    lin = torch.nn.Linear(128, 48)
+    mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, **q))
+    fast = mod.dequantized_weight(dtype)
+    set_policy(native=False)
+    slow = mod.dequantized_weight(dtype)
+    assert fast.dtype == dtype and torch.equal(fast, slow)
+
+
+def test_weight_only_forward_is_bit_identical_with_and_without_native(ops):
+    lin = torch.nn.Linear(128, 96)
+    mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=4, group_size=64, symmetric=False))
+    x = torch.randn(3, 50, 128)  # 150 rows: the dequant (batch) path
+    set_policy(compute_dtype="bfloat16")
+    try:
+        with torch.no_grad():
+            fast = mod(x, kernel="dequant")
+            set_policy(native=False)
+            slow = mod(x.clone(), kernel="dequant")
+    finally:
+        set_policy(compute_dtype="auto")
+    assert torch.equal(fast, slow)
+    y = torch.randn(7, 96).to(torch.bfloat16)
+    assert torch.equal(ops.bf16_to_float_add(y, mod.bias), y.float().add_(mod.bias))

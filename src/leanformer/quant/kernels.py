@@ -52,7 +52,7 @@ class KernelPolicy:
     planar_cache: bool = True
     # Linears reading the same unchanged tensor (q/k/v) reuse one activation preparation (prepare_shared)
     share_prepared_inputs: bool = True
-    # fused C++ passes around torch._int_mm for W8A8 on CPU (native.py): bit-identical, compiled on first use
+    # fused C++ passes of the W8A8 and int4 batch kernels on CPU (native.py): bit-identical, compiled on first use
     native: bool = True
 
 
@@ -108,9 +108,13 @@ def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
 
 # ---------------------------------------------------------------------------------------------- kernels
 def _epilogue(y: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """Add the (fp32) bias and reach ``out_dtype`` in one pass: bf16 + fp32 promotes to fp32 directly."""
+    """Add the (fp32) bias and reach ``out_dtype``."""
     if bias is None:
         return y.to(out_dtype)
+    if out_dtype == torch.float32 and y.dtype == torch.bfloat16 and bias.dtype == torch.float32 and y.dim() == 2:
+        ops = _native_for(y)
+        if ops is not None:  # one fused sweep: float(y) + bias
+            return ops.bf16_to_float_add(y.contiguous(), bias.contiguous())
     if out_dtype == torch.float32:
         # cast then add in place: mixed bf16 + fp32 promotion in one op is ~20% slower on CPU (measured)
         return y.add_(bias) if y.dtype == torch.float32 else y.float().add_(bias)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels import _native_for as native_for
 from .kernels import choose_kernel, get_policy, run_kernel
 from .packing import (NIBBLE_OFFSET, group_planar, pack_codes, packed_shape, unpack_codes, unpack_group_planar_to,
                       unpack_nibbles_to)
@@ -91,6 +92,9 @@ class _PackedWeightMixin(nn.Module):
         if self.bits <= 4:  # raw nibbles 0..15; signed codes carry an offset of 8 folded into the zero point
             if gs % 2 == 0 and get_policy().planar_cache:  # in-memory group-planar copy: ~3-4x faster unpack
                 planar = self.kernel_cache("group_planar", lambda: group_planar(self.raw_nibbles(), gs))
+                fused = self._native_dequant(planar, dtype)
+                if fused is not None:
+                    return fused
                 vals = unpack_group_planar_to(planar, dtype)  # (N, G, gs)
             else:
                 vals = unpack_nibbles_to(self.qweight, k, dtype).view(n, k // gs, gs)
@@ -104,6 +108,19 @@ class _PackedWeightMixin(nn.Module):
             vals.sub_(offset)
         # in-place broadcast ops: ~6x faster than addcmul with broadcast operands on CPU (measured)
         return vals.mul_(self.kernel_cache(("scale", dtype), lambda: self.scale.to(dtype).unsqueeze(-1))).view(n, k)
+
+    def _native_dequant(self, planar: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The unpack / zero / scale passes below fused into one (native.py; bit-identical), or None."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            return None
+        ops = native_for(planar)
+        if ops is None:
+            return None
+        scale = self.kernel_cache(("scale", dtype), lambda: self.scale.to(dtype).unsqueeze(-1)).squeeze(-1)
+        zero = (self.kernel_cache(("zero", dtype), lambda: self.zero.to(dtype).unsqueeze(-1)).squeeze(-1)
+                if self.zero is not None else torch.empty(0, dtype=dtype))
+        offset = NIBBLE_OFFSET if (self.signed and self.zero is None) else 0
+        return ops.dequant_int4_planar(planar, scale, zero, float(offset)).view(self._n, self._k)
 
     def kernel_cache(self, key, build):
         """Derived tensors (kernel layouts, scales in the compute dtype), built once; cleared when the

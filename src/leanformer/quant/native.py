@@ -1,9 +1,11 @@
 """Optional native CPU kernels, compiled on this machine the first time they are needed.
 
-``csrc/w8a8_cpu.cpp`` fuses the passes around ``torch._int_mm`` in dynamic W8A8 layers (activation
-quantization; int32 -> float rescale with bias). The eager versions in ``kernels.py`` stay the reference
-and the fallback: the native ones produce bit-identical outputs (tested), so whether they are used changes
-speed only. Measured on MiniLM, batch 32, 1 thread: see docs/quant.md.
+``csrc/quant_cpu.cpp`` fuses the elementwise passes of the batch kernels: around ``torch._int_mm`` in
+dynamic W8A8 layers (activation quantization; int32 -> float rescale with bias), and around the bf16 GEMM
+of weight-only int4 layers (unpack + zero point + scale in one pass; bf16 -> float + bias). The eager
+versions in ``kernels.py`` / ``modules.py`` stay the reference and the fallback: the native ones produce
+bit-identical outputs (tested), so whether they are used changes speed only. Measured on MiniLM, batch
+32, 1 thread: see docs/quant.md.
 
 The build uses ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ``ninja``, a dependency of
 leanformer) and is cached by torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``); later
@@ -23,14 +25,14 @@ import torch
 
 __all__ = ["native_ops", "native_status"]
 
-_SOURCE = Path(__file__).parent / "csrc" / "w8a8_cpu.cpp"
+_SOURCE = Path(__file__).parent / "csrc" / "quant_cpu.cpp"
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "ops" -> loaded module or None; "error" -> why it is None
 
 
 def _extension_name() -> str:
     capability = torch.backends.cpu.get_cpu_capability().lower()  # e.g. "avx512": -march=native differs by CPU
-    return f"leanformer_w8a8_cpu_{capability}"
+    return f"leanformer_quant_cpu_{capability}"
 
 
 def _enabled() -> bool:
@@ -40,7 +42,8 @@ def _enabled() -> bool:
 
 
 def native_ops():
-    """The compiled module (``quantize_rows``, ``rescale_int32``), or None when disabled or unavailable."""
+    """The compiled module (``quantize_rows``, ``rescale_int32``, ``dequant_int4_planar``, ``bf16_to_float_add``),
+    or None when disabled or unavailable."""
     if not _enabled():
         return None
     if "ops" in _STATE:
@@ -56,7 +59,7 @@ def native_status() -> str:
     if not _enabled():
         return "off (LEANFORMER_NATIVE=0 or set_policy(native=False))"
     if "ops" not in _STATE:
-        return "not built yet (built on first W8A8 forward on CPU)"
+        return "not built yet (built on the first quantized batch forward on CPU)"
     return "loaded" if _STATE["ops"] is not None else f"unavailable: {_STATE.get('error')}"
 
 
@@ -64,12 +67,12 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        print("leanformer: compiling the native W8A8 CPU kernels (once per machine, ~30 s)...", file=sys.stderr,
+        print("leanformer: compiling the native quantization CPU kernels (once per machine, ~30 s)...", file=sys.stderr,
               flush=True)
         return load(name=_extension_name(), sources=[str(_SOURCE)],
                     extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd"], verbose=False)
     except Exception as exc:  # no compiler, no ninja, unsupported platform: the eager path is always there
         _STATE["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc) else ''}"
-        warnings.warn(f"leanformer native W8A8 kernels unavailable ({_STATE['error']}); using the eager path",
+        warnings.warn(f"leanformer native quantization kernels unavailable ({_STATE['error']}); using the eager path",
                       RuntimeWarning, stacklevel=3)
         return None

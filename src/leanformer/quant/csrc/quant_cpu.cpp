@@ -1,0 +1,182 @@
+// Fused CPU passes for leanformer.quant's batch kernels (loaded by leanformer.quant.native).
+//
+// W8A8: the eager path spends ~5 full passes quantizing activations (amax, amin, multiply, round, cast) and
+// 4 rescaling the int32 product of torch._int_mm (cast, two multiplies, bias). Weight-only int4: unpacking
+// the codes, subtracting the zero point and scaling are 3 passes over the weight, and the bf16 GEMM result
+// takes 2 more (cast, bias). Each function below does the same arithmetic, in the same order and with the
+// same rounding (bf16 results rounded after every step, as torch's bf16 ops do), in one sweep, so outputs
+// are bit-identical to the eager code in kernels.py / modules.py (tested). Built with -ffp-contract=off so
+// the compiler cannot fuse a*b+c into an FMA and change the rounding.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstring>
+#include <cstdint>
+#include <vector>
+
+// x (M, K) float32, contiguous -> {codes (M, K) int8, scale (M, 1) float32, ok (bool: all finite)}.
+// scale = max(|x_row|, 1e-8) / 127; codes = round_half_even(x * ((1 / max) * 127)).
+std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "quantize_rows expects a contiguous 2-D float32 CPU tensor");
+  const int64_t rows = x.size(0), cols = x.size(1);
+  auto codes = torch::empty({rows, cols}, x.options().dtype(torch::kInt8));
+  auto scale = torch::empty({rows, 1}, x.options());
+  const float* xp = x.data_ptr<float>();
+  int8_t* qp = codes.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  bool finite = true;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* row = xp + m * cols;
+    float absmax = 0.f, probe = 0.f;  // probe becomes NaN iff the row holds a NaN or an inf
+#pragma omp simd reduction(max : absmax) reduction(+ : probe)
+    for (int64_t k = 0; k < cols; ++k) {
+      const float a = std::fabs(row[k]);
+      absmax = a > absmax ? a : absmax;
+      probe += row[k] * 0.f;
+    }
+    if (!(probe == 0.f)) {
+      finite = false;
+      break;
+    }
+    absmax = absmax > 1e-8f ? absmax : 1e-8f;
+    // the eager code writes 127.0 / absmax, which torch evaluates as reciprocal(absmax) * 127 (two roundings)
+    const float inv = (1.f / absmax) * 127.f;
+    int8_t* out = qp + m * cols;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k) out[k] = static_cast<int8_t>(std::nearbyint(row[k] * inv));
+    sp[m] = absmax / 127.f;
+  }
+  return {codes, scale, torch::scalar_tensor(finite, torch::kBool)};
+}
+
+// acc (M, N) int32, row_scale (M, 1), col_scale (N,), bias (N,) or empty -> (M, N) float32:
+// ((float(acc) * row_scale) * col_scale) + bias, each step rounded to float32 as the eager ops do.
+torch::Tensor rescale_int32(const torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale,
+                            const torch::Tensor& bias) {
+  TORCH_CHECK(acc.scalar_type() == torch::kInt32 && acc.dim() == 2 && acc.is_contiguous(), "acc: (M, N) int32");
+  const int64_t rows = acc.size(0), cols = acc.size(1);
+  TORCH_CHECK(row_scale.scalar_type() == torch::kFloat32 && row_scale.numel() == rows && row_scale.is_contiguous(),
+              "row_scale: (M, 1) float32");
+  TORCH_CHECK(col_scale.scalar_type() == torch::kFloat32 && col_scale.numel() == cols && col_scale.is_contiguous(),
+              "col_scale: (N,) float32");
+  const bool has_bias = bias.numel() > 0;
+  TORCH_CHECK(!has_bias || (bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous()),
+              "bias: (N,) float32");
+  auto out = torch::empty({rows, cols}, acc.options().dtype(torch::kFloat32));
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* rp = row_scale.data_ptr<float>();
+  const float* cp = col_scale.data_ptr<float>();
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  for (int64_t m = 0; m < rows; ++m) {
+    const int32_t* a = ap + m * cols;
+    float* o = op + m * cols;
+    const float r = rp[m];
+    if (has_bias) {
+#pragma omp simd
+      for (int64_t n = 0; n < cols; ++n) o[n] = static_cast<float>(a[n]) * r * cp[n] + bp[n];
+    } else {
+#pragma omp simd
+      for (int64_t n = 0; n < cols; ++n) o[n] = static_cast<float>(a[n]) * r * cp[n];
+    }
+  }
+  return out;
+}
+
+// float <-> bfloat16 bits, round to nearest even: what c10::BFloat16 does for finite values, written as
+// plain integer arithmetic so the loops below vectorise (c10's NaN branch keeps GCC from doing so; the
+// values here are finite: codes 0..15 and finite fp16-born scales and zero points).
+static inline uint16_t to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+static inline float from_bf16_bits(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Group-planar int4 codes (N, G, gs/2) uint8 (packing.group_planar) -> (N, G*gs) weight:
+// w = round(round(q - zero) * scale) with zero/scale (N, G) already in the output dtype, or, without a zero
+// point, round(round(q - offset) * scale); each rounding (to bf16, or none for float32) matches one eager
+// in-place op.
+static void dequant_planar_f32(const uint8_t* planar, const float* scale, const float* zero, float offset, float* out,
+                               int64_t rows, int64_t groups, int64_t half) {
+  for (int64_t i = 0; i < rows * groups; ++i) {
+    const uint8_t* p = planar + i * half;
+    const float z = zero ? zero[i] : offset, s = scale[i];
+    float* lo = out + i * 2 * half;
+    float* hi = lo + half;
+#pragma omp simd
+    for (int64_t j = 0; j < half; ++j) {
+      lo[j] = (static_cast<float>(p[j] & 0xF) - z) * s;
+      hi[j] = (static_cast<float>(p[j] >> 4) - z) * s;
+    }
+  }
+}
+
+static void dequant_planar_bf16(const uint8_t* planar, const uint16_t* scale, const uint16_t* zero, float offset,
+                                uint16_t* out, int64_t rows, int64_t groups, int64_t half) {
+  for (int64_t i = 0; i < rows * groups; ++i) {
+    const uint8_t* p = planar + i * half;
+    const float z = zero ? from_bf16_bits(zero[i]) : offset, s = from_bf16_bits(scale[i]);
+    uint16_t* lo = out + i * 2 * half;
+    uint16_t* hi = lo + half;
+#pragma omp simd
+    for (int64_t j = 0; j < half; ++j) {
+      lo[j] = to_bf16_bits(from_bf16_bits(to_bf16_bits(static_cast<float>(p[j] & 0xF) - z)) * s);
+      hi[j] = to_bf16_bits(from_bf16_bits(to_bf16_bits(static_cast<float>(p[j] >> 4) - z)) * s);
+    }
+  }
+}
+
+torch::Tensor dequant_int4_planar(const torch::Tensor& planar, const torch::Tensor& scale, const torch::Tensor& zero,
+                                  double offset) {
+  TORCH_CHECK(planar.scalar_type() == torch::kUInt8 && planar.dim() == 3 && planar.is_contiguous(),
+              "planar: (N, G, gs/2) uint8");
+  const int64_t rows = planar.size(0), groups = planar.size(1), half = planar.size(2);
+  const auto dtype = scale.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16, "scale: float32 or bfloat16");
+  TORCH_CHECK(scale.numel() == rows * groups && scale.is_contiguous(), "scale: (N, G)");
+  const bool has_zero = zero.numel() > 0;
+  TORCH_CHECK(!has_zero || (zero.scalar_type() == dtype && zero.numel() == rows * groups && zero.is_contiguous()),
+              "zero: (N, G), same dtype as scale");
+  auto out = torch::empty({rows, groups * 2 * half}, scale.options());
+  if (dtype == torch::kFloat32) {
+    dequant_planar_f32(planar.data_ptr<uint8_t>(), scale.data_ptr<float>(), has_zero ? zero.data_ptr<float>() : nullptr,
+                       static_cast<float>(offset), out.data_ptr<float>(), rows, groups, half);
+  } else {
+    dequant_planar_bf16(planar.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scale.data_ptr()),
+                        has_zero ? reinterpret_cast<const uint16_t*>(zero.data_ptr()) : nullptr,
+                        static_cast<float>(offset), reinterpret_cast<uint16_t*>(out.data_ptr()), rows, groups, half);
+  }
+  return out;
+}
+
+// (M, N) bfloat16 GEMM result -> float32 plus bias (N,): float(y) + b, the eager y.float().add_(bias).
+torch::Tensor bf16_to_float_add(const torch::Tensor& y, const torch::Tensor& bias) {
+  TORCH_CHECK(y.scalar_type() == torch::kBFloat16 && y.dim() == 2 && y.is_contiguous(), "y: (M, N) bfloat16");
+  const int64_t rows = y.size(0), cols = y.size(1);
+  TORCH_CHECK(bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous(),
+              "bias: (N,) float32");
+  auto out = torch::empty({rows, cols}, bias.options());
+  const auto* yp = reinterpret_cast<const uint16_t*>(y.data_ptr());
+  const float* bp = bias.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t m = 0; m < rows; ++m) {
+#pragma omp simd
+    for (int64_t n = 0; n < cols; ++n) op[m * cols + n] = from_bf16_bits(yp[m * cols + n]) + bp[n];
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
+  m.def("bf16_to_float_add", &bf16_to_float_add, "bf16 GEMM result -> float32 + bias (fused)");
+  m.def("quantize_rows", &quantize_rows, "per-row symmetric int8 quantization (fused)");
+  m.def("rescale_int32", &rescale_int32, "int32 GEMM result -> float32 with row/column scales and bias (fused)");
+}
