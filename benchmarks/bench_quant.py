@@ -43,6 +43,27 @@ def _ours(*configs, act_dtype=None):
     return apply
 
 
+class _EagerKernels(torch.nn.Module):
+    """Runs the wrapped quantized model with the native fused ops switched off (the eager reference path)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        from leanformer.quant import set_policy
+
+        set_policy(native=False)
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            set_policy(native=True)
+
+
+def _eager(apply):
+    return lambda model: _EagerKernels(apply(model))
+
+
 METHODS = {  # name -> (provider, description, function model -> model)
     "w8": ("leanformer", "int8 per-channel weights, int8 embeddings", _ours(W8, EMB8)),
     "w8_emb4": ("leanformer", "int8 per-channel weights, int4 g16 embeddings", _ours(W8, EMB4)),
@@ -50,11 +71,13 @@ METHODS = {  # name -> (provider, description, function model -> model)
                                                                                     clip_search=False, refine_steps=0), EMB8)),
     "w4g64_mse": ("leanformer", "int4 asym g64 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=64), EMB8)),
     "w4g64": ("leanformer", "w4g64_mse weighted by random-token input moments", _ours(W4G64, EMB8)),
+    "w4g64_eager": ("leanformer", "w4g64 with the native fused ops off", _eager(_ours(W4G64, EMB8))),
     "w4g32": ("leanformer", "same at g32", _ours(W4G64.replace(group_size=32), EMB8)),
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
                       _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
     "w8a8": ("leanformer", "dynamic W8A8 per-token, torch._int_mm", _ours(W8A8Config(), EMB8)),
+    "w8a8_eager": ("leanformer", "w8a8 with the native fused ops off", _eager(_ours(W8A8Config(), EMB8))),
     "w8+bf16act": ("leanformer", "w8 with bf16 activations", _ours(W8, EMB8, act_dtype=torch.bfloat16)),
     "w4g64+bf16act": ("leanformer", "w4g64 with bf16 activations", _ours(W4G64, EMB8, act_dtype=torch.bfloat16)),
     "mixed8.5+bf16act": ("leanformer", "mixed8.5 with bf16 activations",
@@ -102,6 +125,7 @@ PEERS = {
 
 
 def _size_mb(model, provider) -> float:
+    model = getattr(model, "inner", model)
     with tempfile.TemporaryDirectory() as tmp:
         if provider == "leanformer":
             path = save_quantized(model, Path(tmp) / "ck")
@@ -251,6 +275,7 @@ def main() -> int:
 
 def _linear_mb(model, provider) -> float:
     """Bytes of the Linear layers' weight storage (codes + scales + zeros), as quantized."""
+    model = getattr(model, "inner", model)
     if provider == "leanformer":
         from leanformer.quant import QuantizedLinear
 

@@ -67,10 +67,15 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        print("leanformer: compiling the native quantization CPU kernels (once per machine, ~30 s)...", file=sys.stderr,
-              flush=True)
-        return load(name=_extension_name(), sources=[str(_SOURCE)],
-                    extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd"], verbose=False)
+        # a cached build loads in well under a second; say something only when a real compile is under way
+        notice = threading.Timer(2.0, lambda: print("leanformer: compiling the native quantization CPU kernels "
+                                                     "(once per machine, ~35 s)...", file=sys.stderr, flush=True))
+        notice.start()
+        try:
+            return load(name=_extension_name(), sources=[str(_SOURCE)],
+                        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd"], verbose=False)
+        finally:
+            notice.cancel()
     except Exception as exc:  # no compiler, no ninja, unsupported platform: the eager path is always there
         _STATE["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc) else ''}"
         warnings.warn(f"leanformer native quantization kernels unavailable ({_STATE['error']}); using the eager path",
