@@ -7,12 +7,18 @@
 // same rounding (bf16 results rounded after every step, as torch's bf16 ops do), in one sweep, so outputs
 // are bit-identical to the eager code in kernels.py / modules.py (tested). Built with -ffp-contract=off so
 // the compiler cannot fuse a*b+c into an FMA and change the rounding.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <atomic>
 
 #include <cmath>
 #include <cstring>
 #include <cstdint>
 #include <vector>
+
+constexpr int64_t kRowGrain = 16;     // rows per parallel task: enough work to pay for a thread hand-off
+constexpr int64_t kGroupGrain = 256;  // (row, group) blocks per task in the int4 unpack
 
 // x (M, K) float32, contiguous -> {codes (M, K) int8, scale (M, 1) float32, ok (bool: all finite)}.
 // scale = max(|x_row|, 1e-8) / 127; codes = round_half_even(x * ((1 / max) * 127)).
@@ -25,29 +31,32 @@ std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x) {
   const float* xp = x.data_ptr<float>();
   int8_t* qp = codes.data_ptr<int8_t>();
   float* sp = scale.data_ptr<float>();
-  bool finite = true;
-  for (int64_t m = 0; m < rows; ++m) {
-    const float* row = xp + m * cols;
-    float absmax = 0.f, probe = 0.f;  // probe becomes NaN iff the row holds a NaN or an inf
+  std::atomic<bool> finite{true};
+  // rows split over torch's intra-op threads (one thread when torch.set_num_threads(1))
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float* row = xp + m * cols;
+      float absmax = 0.f, probe = 0.f;  // probe becomes NaN iff the row holds a NaN or an inf
 #pragma omp simd reduction(max : absmax) reduction(+ : probe)
-    for (int64_t k = 0; k < cols; ++k) {
-      const float a = std::fabs(row[k]);
-      absmax = a > absmax ? a : absmax;
-      probe += row[k] * 0.f;
-    }
-    if (!(probe == 0.f)) {
-      finite = false;
-      break;
-    }
-    absmax = absmax > 1e-8f ? absmax : 1e-8f;
-    // the eager code writes 127.0 / absmax, which torch evaluates as reciprocal(absmax) * 127 (two roundings)
-    const float inv = (1.f / absmax) * 127.f;
-    int8_t* out = qp + m * cols;
+      for (int64_t k = 0; k < cols; ++k) {
+        const float a = std::fabs(row[k]);
+        absmax = a > absmax ? a : absmax;
+        probe += row[k] * 0.f;
+      }
+      if (!(probe == 0.f)) {
+        finite = false;
+        return;
+      }
+      absmax = absmax > 1e-8f ? absmax : 1e-8f;
+      // the eager code writes 127.0 / absmax, which torch evaluates as reciprocal(absmax) * 127 (two roundings)
+      const float inv = (1.f / absmax) * 127.f;
+      int8_t* out = qp + m * cols;
 #pragma omp simd
-    for (int64_t k = 0; k < cols; ++k) out[k] = static_cast<int8_t>(std::nearbyint(row[k] * inv));
-    sp[m] = absmax / 127.f;
-  }
-  return {codes, scale, torch::scalar_tensor(finite, torch::kBool)};
+      for (int64_t k = 0; k < cols; ++k) out[k] = static_cast<int8_t>(std::nearbyint(row[k] * inv));
+      sp[m] = absmax / 127.f;
+    }
+  });
+  return {codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
 }
 
 // acc (M, N) int32, row_scale (M, 1), col_scale (N,), bias (N,) or empty -> (M, N) float32:
@@ -69,18 +78,20 @@ torch::Tensor rescale_int32(const torch::Tensor& acc, const torch::Tensor& row_s
   const float* cp = col_scale.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  for (int64_t m = 0; m < rows; ++m) {
-    const int32_t* a = ap + m * cols;
-    float* o = op + m * cols;
-    const float r = rp[m];
-    if (has_bias) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const int32_t* a = ap + m * cols;
+      float* o = op + m * cols;
+      const float r = rp[m];
+      if (has_bias) {
 #pragma omp simd
-      for (int64_t n = 0; n < cols; ++n) o[n] = static_cast<float>(a[n]) * r * cp[n] + bp[n];
-    } else {
+        for (int64_t n = 0; n < cols; ++n) o[n] = static_cast<float>(a[n]) * r * cp[n] + bp[n];
+      } else {
 #pragma omp simd
-      for (int64_t n = 0; n < cols; ++n) o[n] = static_cast<float>(a[n]) * r * cp[n];
+        for (int64_t n = 0; n < cols; ++n) o[n] = static_cast<float>(a[n]) * r * cp[n];
+      }
     }
-  }
+  });
   return out;
 }
 
@@ -106,32 +117,36 @@ static inline float from_bf16_bits(uint16_t b) {
 // in-place op.
 static void dequant_planar_f32(const uint8_t* planar, const float* scale, const float* zero, float offset, float* out,
                                int64_t rows, int64_t groups, int64_t half) {
-  for (int64_t i = 0; i < rows * groups; ++i) {
-    const uint8_t* p = planar + i * half;
-    const float z = zero ? zero[i] : offset, s = scale[i];
-    float* lo = out + i * 2 * half;
-    float* hi = lo + half;
+  at::parallel_for(0, rows * groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* p = planar + i * half;
+      const float z = zero ? zero[i] : offset, s = scale[i];
+      float* lo = out + i * 2 * half;
+      float* hi = lo + half;
 #pragma omp simd
-    for (int64_t j = 0; j < half; ++j) {
-      lo[j] = (static_cast<float>(p[j] & 0xF) - z) * s;
-      hi[j] = (static_cast<float>(p[j] >> 4) - z) * s;
+      for (int64_t j = 0; j < half; ++j) {
+        lo[j] = (static_cast<float>(p[j] & 0xF) - z) * s;
+        hi[j] = (static_cast<float>(p[j] >> 4) - z) * s;
+      }
     }
-  }
+  });
 }
 
 static void dequant_planar_bf16(const uint8_t* planar, const uint16_t* scale, const uint16_t* zero, float offset,
                                 uint16_t* out, int64_t rows, int64_t groups, int64_t half) {
-  for (int64_t i = 0; i < rows * groups; ++i) {
-    const uint8_t* p = planar + i * half;
-    const float z = zero ? from_bf16_bits(zero[i]) : offset, s = from_bf16_bits(scale[i]);
-    uint16_t* lo = out + i * 2 * half;
-    uint16_t* hi = lo + half;
+  at::parallel_for(0, rows * groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* p = planar + i * half;
+      const float z = zero ? from_bf16_bits(zero[i]) : offset, s = from_bf16_bits(scale[i]);
+      uint16_t* lo = out + i * 2 * half;
+      uint16_t* hi = lo + half;
 #pragma omp simd
-    for (int64_t j = 0; j < half; ++j) {
-      lo[j] = to_bf16_bits(from_bf16_bits(to_bf16_bits(static_cast<float>(p[j] & 0xF) - z)) * s);
-      hi[j] = to_bf16_bits(from_bf16_bits(to_bf16_bits(static_cast<float>(p[j] >> 4) - z)) * s);
+      for (int64_t j = 0; j < half; ++j) {
+        lo[j] = to_bf16_bits(from_bf16_bits(to_bf16_bits(static_cast<float>(p[j] & 0xF) - z)) * s);
+        hi[j] = to_bf16_bits(from_bf16_bits(to_bf16_bits(static_cast<float>(p[j] >> 4) - z)) * s);
+      }
     }
-  }
+  });
 }
 
 torch::Tensor dequant_int4_planar(const torch::Tensor& planar, const torch::Tensor& scale, const torch::Tensor& zero,
@@ -167,10 +182,12 @@ torch::Tensor bf16_to_float_add(const torch::Tensor& y, const torch::Tensor& bia
   const auto* yp = reinterpret_cast<const uint16_t*>(y.data_ptr());
   const float* bp = bias.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  for (int64_t m = 0; m < rows; ++m) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
 #pragma omp simd
-    for (int64_t n = 0; n < cols; ++n) op[m * cols + n] = from_bf16_bits(yp[m * cols + n]) + bp[n];
-  }
+      for (int64_t n = 0; n < cols; ++n) op[m * cols + n] = from_bf16_bits(yp[m * cols + n]) + bp[n];
+    }
+  });
   return out;
 }
 
