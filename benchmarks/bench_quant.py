@@ -200,18 +200,21 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default=None, help="comma-separated subset of: " + ",".join([*METHODS, *PEERS]))
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel row sweep")
+    ap.add_argument("--reps", type=int, default=None, help="timing rounds per method (default 9, --quick 3); more "
+                    "rounds span more of the machine's load drift")
+    ap.add_argument("--csv", default="quant", help="results file name under benchmarks/results/ (default quant)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    reps = 3 if args.quick else 9
+    reps = args.reps or (3 if args.quick else 9)
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     base = build_model("minilm", task="base").eval()
     ref = embed(base, tok, SENTENCES)
     batch32 = tok(SENTENCES[:32], padding=True, return_tensors="pt")
     batch1 = tok(SENTENCES[7:8], return_tensors="pt")
     bf16 = copy.deepcopy(base).to(torch.bfloat16)
-    rows = Rows("quant")
+    rows = Rows(args.csv)
     chosen = {**METHODS, **PEERS}
     if args.methods:
         unknown = set(args.methods.split(",")) - set(chosen)
