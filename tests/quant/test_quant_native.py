@@ -1,4 +1,4 @@
-"""The optional native W8A8 CPU ops against the eager reference: bit-identical, and a safe fallback."""
+"""Native quantization CPU ops (W8A8, int4 batch paths) vs the eager reference: bit-identical; safe fallback."""
 import pytest
 import torch
 

@@ -54,7 +54,7 @@ def collect() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": _cpu_flags(),
-        "native_w8a8_kernels": native_status(),
+        "native_quant_ops": native_status(),
         "packages": {name: _package_version(name) for name in packages},
     }
 
