@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import _native_for as native_for
-from .kernels import choose_kernel, get_policy, run_kernel
+from .kernels import choose_kernel, get_policy, native_ops_for, run_kernel
 from .packing import (NIBBLE_OFFSET, group_planar, pack_codes, packed_shape, unpack_codes, unpack_group_planar_to,
                       unpack_nibbles_to)
 from .qweight import QuantizedWeight, lookup
@@ -115,13 +114,13 @@ class _PackedWeightMixin(nn.Module):
         # eager at g32 (measured), so those stay on the eager path
         if dtype not in (torch.float32, torch.bfloat16) or planar.shape[-1] < 32:
             return None
-        ops = native_for(planar)
+        ops = native_ops_for(planar)
         if ops is None:
             return None
         scale = self.kernel_cache(("scale", dtype), lambda: self.scale.to(dtype).unsqueeze(-1)).squeeze(-1)
         zero = (self.kernel_cache(("zero", dtype), lambda: self.zero.to(dtype).unsqueeze(-1)).squeeze(-1)
                 if self.zero is not None else torch.empty(0, dtype=dtype))
-        offset = NIBBLE_OFFSET if (self.signed and self.zero is None) else 0
+        offset = NIBBLE_OFFSET if self.signed else 0  # signed codes never carry a zero point
         return ops.dequant_int4_planar(planar, scale, zero, float(offset)).view(self._n, self._k)
 
     def kernel_cache(self, key, build):
