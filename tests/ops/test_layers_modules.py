@@ -97,16 +97,33 @@ def _swap(module: nn.Module, **lean):
     return module
 
 
-def test_gpt2_mlp_saves_only_preactivation():
-    """HF GPT2MLP: c_fc (Conv1D) -> NewGELU -> c_proj (Conv1D) -> dropout, swapped module by module."""
+def _gpt2_mlp_pair(inner: int, resid_pdrop: float):
+    """(stock, lean) HF GPT2MLP with the same weights; lean has c_fc / act / c_proj (and dropout, when it is
+    on) swapped module by module."""
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
-    cfg = GPT2Config(n_embd=16, n_inner=64, resid_pdrop=0.1)
-    stock = GPT2MLP(64, cfg)
-    lean = GPT2MLP(64, cfg)
+    cfg = GPT2Config(n_embd=16, n_inner=inner, resid_pdrop=resid_pdrop)
+    stock = GPT2MLP(inner, cfg)
+    lean = GPT2MLP(inner, cfg)
     lean.load_state_dict(stock.state_dict())
-    _swap(lean, c_fc=LeanLinear.from_module(lean.c_fc), act=LeanGELU.from_module(lean.act),
-          c_proj=LeanLinear.from_module(lean.c_proj), dropout=LeanDropout.from_module(lean.dropout))
+    swaps = dict(c_fc=LeanLinear.from_module(lean.c_fc), act=LeanGELU.from_module(lean.act),
+                 c_proj=LeanLinear.from_module(lean.c_proj))
+    if resid_pdrop:
+        swaps["dropout"] = LeanDropout.from_module(lean.dropout)
+    return stock, _swap(lean, **swaps)
+
+
+def _grad_pairs(out, ref, x, lean, stock):
+    """Gradients of one shared random cotangent through both outputs: (lean, stock) per input/parameter.
+    Uses the outputs already computed (a second forward would draw new dropout masks)."""
+    g = torch.randn_like(out)
+    return zip(torch.autograd.grad(out, [x, *lean.parameters()], g),
+               torch.autograd.grad(ref, [x, *stock.parameters()], g))
+
+
+def test_gpt2_mlp_saves_only_preactivation():
+    """HF GPT2MLP: c_fc (Conv1D) -> NewGELU -> c_proj (Conv1D) -> dropout, swapped module by module."""
+    stock, lean = _gpt2_mlp_pair(64, resid_pdrop=0.1)
     x = make((2, 5, 16))
     torch.manual_seed(0)
     out, n = saved_tensor_bytes(lean, x)
@@ -117,9 +134,7 @@ def test_gpt2_mlp_saves_only_preactivation():
     # stock: x, W_fc, W_proj, GELU temporaries (4 I-wide), GELU output, fp32 dropout noise (H-wide)
     # lean: x, W_fc, W_proj, the pre-activation a, 1-bit mask
     assert n_stock - n == 4 * a + 2 * 5 * 16 * 4 - (2 * 5 * 16 + 7) // 8
-    g = torch.randn_like(out)
-    for p, q in zip(torch.autograd.grad(out, [x, *lean.parameters()], g),
-                    torch.autograd.grad(ref, [x, *stock.parameters()], g)):
+    for p, q in _grad_pairs(out, ref, x, lean, stock):
         torch.testing.assert_close(p, q, **TOL[torch.float32])
 
 
@@ -139,23 +154,14 @@ def test_llama_mlp_from_module_shares_and_matches():
 
 
 def test_gpt2_mlp_under_bf16_autocast_matches_stock():
-    from transformers import GPT2Config
-    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
-    cfg = GPT2Config(n_embd=16, n_inner=48, resid_pdrop=0.0)
-    stock = GPT2MLP(48, cfg)
-    lean = GPT2MLP(48, cfg)
-    lean.load_state_dict(stock.state_dict())
-    _swap(lean, c_fc=LeanLinear.from_module(lean.c_fc), act=LeanGELU.from_module(lean.act),
-          c_proj=LeanLinear.from_module(lean.c_proj))
+    stock, lean = _gpt2_mlp_pair(48, resid_pdrop=0.0)
     x = make((2, 5, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, n = saved_tensor_bytes(lean, x)
         ref, n_stock = saved_tensor_bytes(stock, x)
     assert out.dtype == ref.dtype == torch.bfloat16 and torch.equal(out, ref)
     assert n < n_stock
-    g = torch.randn_like(out)
-    for p, q in zip(torch.autograd.grad(out, [x, *lean.parameters()], g),
-                    torch.autograd.grad(ref, [x, *stock.parameters()], g)):
+    for p, q in _grad_pairs(out, ref, x, lean, stock):
         assert p.dtype == q.dtype
         # the GELU input gradient comes from the fused kernel (fp32 inside) vs stock's bf16 op chain
         torch.testing.assert_close(p.float(), q.float(), **TOL[torch.bfloat16])
