@@ -9,6 +9,7 @@ sentence embeddings vs FP32 on 40 built-in sentences; NN = nearest-neighbour agr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -43,25 +44,33 @@ def _ours(*configs, act_dtype=None):
     return apply
 
 
-class _EagerKernels(torch.nn.Module):
-    """Runs the wrapped quantized model with the native fused ops switched off (the eager reference path)."""
+@contextlib.contextmanager
+def _policy_set(**fields):
+    """Kernel-policy fields changed for the duration of a block (e.g. the native ops off)."""
+    from leanformer.quant import get_policy, set_policy
 
-    def __init__(self, inner):
+    before = {k: getattr(get_policy(), k) for k in fields}
+    set_policy(**fields)
+    try:
+        yield
+    finally:
+        set_policy(**before)
+
+
+class _WithPolicy(torch.nn.Module):
+    """Runs the wrapped quantized model with some kernel-policy fields changed."""
+
+    def __init__(self, inner, **fields):
         super().__init__()
-        self.inner = inner
+        self.inner, self.fields = inner, fields
 
     def forward(self, *args, **kwargs):
-        from leanformer.quant import set_policy
-
-        set_policy(native=False)
-        try:
+        with _policy_set(**self.fields):
             return self.inner(*args, **kwargs)
-        finally:
-            set_policy(native=True)
 
 
-def _eager(apply):
-    return lambda model: _EagerKernels(apply(model))
+def _policy(apply, **fields):
+    return lambda model: _WithPolicy(apply(model), **fields)
 
 
 METHODS = {  # name -> (provider, description, function model -> model)
@@ -71,13 +80,16 @@ METHODS = {  # name -> (provider, description, function model -> model)
                                                                                     clip_search=False, refine_steps=0), EMB8)),
     "w4g64_mse": ("leanformer", "int4 asym g64 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=64), EMB8)),
     "w4g64": ("leanformer", "w4g64_mse weighted by random-token input moments", _ours(W4G64, EMB8)),
-    "w4g64_eager": ("leanformer", "w4g64 with the native fused ops off", _eager(_ours(W4G64, EMB8))),
+    "w4g64_eager": ("leanformer", "w4g64 with the native fused ops off", _policy(_ours(W4G64, EMB8), native=False)),
     "w4g32": ("leanformer", "same at g32", _ours(W4G64.replace(group_size=32), EMB8)),
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
                       _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
     "w8a8": ("leanformer", "dynamic W8A8 per-token, torch._int_mm", _ours(W8A8Config(), EMB8)),
-    "w8a8_eager": ("leanformer", "w8a8 with the native fused ops off", _eager(_ours(W8A8Config(), EMB8))),
+    "w8a8_eager": ("leanformer", "w8a8 with the native fused ops and oneDNN off (torch._int_mm)",
+                   _policy(_ours(W8A8Config(), EMB8), native=False, onednn_int8=False)),
+    "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of oneDNN's packed int8 matmul",
+                   _policy(_ours(W8A8Config(), EMB8), onednn_int8=False)),
     "w8+bf16act": ("leanformer", "w8 with bf16 activations", _ours(W8, EMB8, act_dtype=torch.bfloat16)),
     "w4g64+bf16act": ("leanformer", "w4g64 with bf16 activations", _ours(W4G64, EMB8, act_dtype=torch.bfloat16)),
     "mixed8.5+bf16act": ("leanformer", "mixed8.5 with bf16 activations",
@@ -158,6 +170,11 @@ def _median(times: dict) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _run_with(mod, x, **fields):
+    with _policy_set(**fields):
+        return mod(x)
+
+
 def kernel_sweep(rows: Rows, reps: int) -> None:
     """One MiniLM FFN-in layer (384 -> 1536): every kernel path against fp32 / bf16 F.linear, by row count."""
     from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
@@ -184,6 +201,7 @@ def kernel_sweep(rows: Rows, reps: int) -> None:
             for path in paths:
                 fns[f"{fmt}:{path}"] = (lambda mod=mod, path=path: mod(x, kernel=path))
             fns[f"{fmt}:auto"] = (lambda mod=mod: mod(x))
+        fns["w8a8:int_mm"] = lambda: _run_with(mods["w8a8"], x, onednn_int8=False)  # torch._int_mm, not oneDNN
         with torch.no_grad():
             times = _interleaved(fns, reps)
         med = _median(times)

@@ -32,6 +32,7 @@ def test_env_json_reports_versions():
     assert report["torch"].startswith("2.13")
     assert isinstance(report["cuda_available"], bool)
     assert report["cpu_count"] >= 1
+    assert report["onednn_int8_matmul"].startswith(("on", "off", "unavailable"))
 
 
 def test_unknown_subcommand_fails():

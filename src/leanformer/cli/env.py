@@ -39,6 +39,7 @@ def collect() -> dict:
 
     from leanformer import __version__
     from leanformer.quant.native import native_status
+    from leanformer.quant.onednn import onednn_int8_status
 
     packages = ("transformers", "accelerate", "safetensors", "numpy", "torchao", "hqq", "apollo-torch", "matplotlib")
     return {
@@ -55,6 +56,7 @@ def collect() -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": _cpu_flags(),
         "native_quant_ops": native_status(),
+        "onednn_int8_matmul": onednn_int8_status(),
         "packages": {name: _package_version(name) for name in packages},
     }
 

@@ -6,7 +6,8 @@ Measured on this project's CPUs (research note, "Kernels"; re-measured by ``benc
   shapes (384x1536, 1536x384, 384x384, 1 thread, min of 9): int8 ~32-64 rows, int4 ~128 rows; hence the
   defaults ``int8_rows=32`` and ``int4_rows=96``.
 * For more rows, unpacking the codes to bf16 and running one dense oneDNN GEMM is faster.
-* W8A8 modules quantize activations per token and run ``torch._int_mm`` (int8 x int8 -> int32).
+* W8A8 modules quantize activations per token and multiply int8 x int8: oneDNN's matmul on a packed weight
+  where it applies (``onednn.py``), else ``torch._int_mm``; both give the same exact integer sums.
 
 Guards found here: ``_weight_int8pack_mm`` returns NaN/inf or crashes when K % 16 != 0 and segfaults on a
 weight that is not 64-byte aligned (as safetensors hands them out); the int4 CPU layout needs N % 16 == 0
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
            "fast_bf16_cpu", "quantize_per_token", "quantize_per_token_shared",
@@ -54,6 +57,9 @@ class KernelPolicy:
     share_prepared_inputs: bool = True
     # fused C++ passes of the W8A8 and int4 batch kernels on CPU (native.py): bit-identical, compiled on first use
     native: bool = True
+    # W8A8's int8 product through oneDNN on a packed copy of the weight (onednn.py): bit-identical to
+    # torch._int_mm and 2-5x faster on AMX/VNNI CPUs, for N*K more bytes of memory per layer at run time
+    onednn_int8: bool = True
 
 
 _POLICY = KernelPolicy()
@@ -245,16 +251,26 @@ _NO_BIAS = torch.empty(0)
 
 def _w8a8(mod, x2, bias, out_dtype):
     xq, xs = quantize_per_token_shared(x2)  # (M, K) int8, (M, 1)
-    wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
-    acc = torch._int_mm(xq, wt)  # (M, N) int32
+    acc = _int8_product(mod, xq)  # (M, N): int32, or float32 holding the same integers (oneDNN)
     ops = native_ops_for(acc) if out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) else None
     if ops is not None:  # one fused sweep instead of cast, two multiplies and the bias add below
+        rescale = ops.rescale_int32 if acc.dtype == torch.int32 else ops.rescale_float_
         ws = _w8a8_scale(mod).view(-1)  # (N,) view of the same cached row
-        return ops.rescale_int32(acc, xs, ws, _NO_BIAS if bias is None else bias.contiguous())
+        return rescale(acc, xs, ws, _NO_BIAS if bias is None else bias.contiguous())
     # cast, then in-place broadcasts: ~10x faster than multiplying by the (M, N) outer product of the two
     # scale vectors, and ~30% faster than the mixed int32 * fp32 promotion (measured)
     y = acc.float().mul_(xs).mul_(_w8a8_scale(mod))
     return _epilogue(y, bias, out_dtype)
+
+
+def _int8_product(mod, xq: torch.Tensor) -> torch.Tensor:
+    """xq @ qweight.T for (M, K) int8 codes: oneDNN on a packed weight where it applies (same values, as float32),
+    else ``torch._int_mm`` (int32)."""
+    if (xq.device.type == "cpu" and _POLICY.onednn_int8 and not torch.compiler.is_compiling()
+            and onednn_int8_available()):
+        return int8_matmul(xq, mod.kernel_cache("w8a8_onednn", lambda: pack_int8_weight(mod.qweight)))
+    wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
+    return torch._int_mm(xq, wt)
 
 
 def _w8a8_scale(mod) -> torch.Tensor:

@@ -59,11 +59,13 @@ std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x) {
   return {codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
 }
 
-// acc (M, N) int32, row_scale (M, 1), col_scale (N,), bias (N,) or empty -> (M, N) float32:
-// ((float(acc) * row_scale) * col_scale) + bias, each step rounded to float32 as the eager ops do.
-torch::Tensor rescale_int32(const torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale,
-                            const torch::Tensor& bias) {
-  TORCH_CHECK(acc.scalar_type() == torch::kInt32 && acc.dim() == 2 && acc.is_contiguous(), "acc: (M, N) int32");
+// acc (M, N) int32 (or float32 holding the same integers, from oneDNN), row_scale (M, 1), col_scale (N,),
+// bias (N,) or empty -> out (M, N) float32: ((float(acc) * row_scale) * col_scale) + bias, each step rounded to
+// float32 as the eager ops do. `out` may be `acc` itself when acc is float32 (the in-place variant).
+template <typename Acc>
+static void rescale_rows_cols(const torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale,
+                              const torch::Tensor& bias, torch::Tensor& out) {
+  TORCH_CHECK(acc.dim() == 2 && acc.is_contiguous(), "acc: contiguous (M, N)");
   const int64_t rows = acc.size(0), cols = acc.size(1);
   TORCH_CHECK(row_scale.scalar_type() == torch::kFloat32 && row_scale.numel() == rows && row_scale.is_contiguous(),
               "row_scale: (M, 1) float32");
@@ -72,15 +74,14 @@ torch::Tensor rescale_int32(const torch::Tensor& acc, const torch::Tensor& row_s
   const bool has_bias = bias.numel() > 0;
   TORCH_CHECK(!has_bias || (bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous()),
               "bias: (N,) float32");
-  auto out = torch::empty({rows, cols}, acc.options().dtype(torch::kFloat32));
-  const int32_t* ap = acc.data_ptr<int32_t>();
+  const Acc* ap = acc.data_ptr<Acc>();
   const float* rp = row_scale.data_ptr<float>();
   const float* cp = col_scale.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
-      const int32_t* a = ap + m * cols;
+      const Acc* a = ap + m * cols;
       float* o = op + m * cols;
       const float r = rp[m];
       if (has_bias) {
@@ -92,7 +93,22 @@ torch::Tensor rescale_int32(const torch::Tensor& acc, const torch::Tensor& row_s
       }
     }
   });
+}
+
+torch::Tensor rescale_int32(const torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale,
+                            const torch::Tensor& bias) {
+  TORCH_CHECK(acc.scalar_type() == torch::kInt32 && acc.dim() == 2, "acc: (M, N) int32");
+  auto out = torch::empty(acc.sizes(), acc.options().dtype(torch::kFloat32));
+  rescale_rows_cols<int32_t>(acc, row_scale, col_scale, bias, out);
   return out;
+}
+
+// in place on a float32 (M, N) product (oneDNN's output): returns acc
+torch::Tensor rescale_float_(torch::Tensor& acc, const torch::Tensor& row_scale, const torch::Tensor& col_scale,
+                             const torch::Tensor& bias) {
+  TORCH_CHECK(acc.scalar_type() == torch::kFloat32 && acc.dim() == 2, "acc: (M, N) float32");
+  rescale_rows_cols<float>(acc, row_scale, col_scale, bias, acc);
+  return acc;
 }
 
 // float <-> bfloat16 bits, round to nearest even: what c10::BFloat16 does for finite values, written as
@@ -196,4 +212,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_to_float_add", &bf16_to_float_add, "bf16 GEMM result -> float32 + bias (fused)");
   m.def("quantize_rows", &quantize_rows, "per-row symmetric int8 quantization (fused)");
   m.def("rescale_int32", &rescale_int32, "int32 GEMM result -> float32 with row/column scales and bias (fused)");
+  m.def("rescale_float_", &rescale_float_, "the same, in place on a float32 product holding integers (fused)");
 }

@@ -1,0 +1,92 @@
+"""int8 x int8 GEMM through oneDNN with a weight packed once: the fast product behind W8A8 on x86 CPUs.
+
+``torch._int_mm`` on CPU calls oneDNN's plain ``gemm`` API (``ONEDNN_VERBOSE=1`` shows ``gemm_api``), which
+lays the weight out again on every call and, on this project's Sapphire Rapids CI machines, does not reach the
+AMX tiles. ``torch.ops.onednn.qlinear_pointwise`` on a weight packed once by ``torch.ops.onednn.qlinear_prepack``
+runs oneDNN's brgemm matmul (AMX or AVX512-VNNI) instead: 2-5x faster on MiniLM's shapes at 576 rows
+(``benchmarks/bench_quant.py``'s kernel sweep). It is PyTorch's own x86 int8 linear (the one Inductor's x86
+quantization lowers to); it takes one activation scale per tensor, so we call it with unit scales and zero
+points and apply the per-token and per-channel scales afterwards, exactly as after ``torch._int_mm``.
+
+With unit scales the op returns float32(x_int8 @ w_int8.T): the int32 accumulation is exact and the single
+cast to float32 rounds to nearest even, as ``torch._int_mm(...).float()`` does, so W8A8 outputs are
+bit-identical whichever product runs. That is checked, not assumed: the first use runs a probe on this CPU
+(random codes, the extreme codes -128/127, sums past 2**24, 1 and 17 rows) against ``torch._int_mm``, and the
+path is used only if every value matches. CPUs without VNNI are never tried: there oneDNN multiplies u8 x s8
+pairs into saturating 16-bit intermediates, which can give wrong sums.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["onednn_int8_available", "onednn_int8_status", "PackedInt8Weight", "pack_int8_weight", "int8_matmul"]
+
+
+@dataclass(frozen=True)
+class PackedInt8Weight:
+    """A (N, K) int8 weight in oneDNN's blocked layout, plus the unit scales and zero points the op asks for."""
+
+    packed: torch.Tensor  # opaque mkldnn tensor; process-local, never saved
+    ones: torch.Tensor  # (N,) float32
+    zeros: torch.Tensor  # (N,) int64
+    out_features: int
+
+
+def pack_int8_weight(qweight: torch.Tensor) -> PackedInt8Weight:
+    """(N, K) int8 codes -> the packed layout (a copy: N*K more bytes while the module lives)."""
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise ValueError(f"pack_int8_weight expects a (N, K) int8 tensor, got {tuple(qweight.shape)} {qweight.dtype}")
+    n = qweight.shape[0]
+    packed = torch.ops.onednn.qlinear_prepack(qweight.contiguous(), None)
+    return PackedInt8Weight(packed, torch.ones(n), torch.zeros(n, dtype=torch.long), n)
+
+
+def int8_matmul(xq: torch.Tensor, weight: PackedInt8Weight) -> torch.Tensor:
+    """(M, K) int8 codes x packed (N, K) -> (M, N) float32 holding the exact integer sums (rounded to float32)."""
+    return torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, weight.packed, weight.ones, weight.zeros, None, 1.0, 0,
+                                              torch.float32, "none", [], "")
+
+
+def _cpu_has_vnni() -> bool:
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+
+
+def _probe_matches_int_mm() -> bool:
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in ((17, 1536, 48), (1, 64, 16), (40, 384, 32)):
+        x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+        x[0], w[0], w[1] = 127, 127, -128  # the largest sums: +-127*127*K and -127*128*K, past 2**24 at K=1536
+        want = torch._int_mm(x, w.t()).float()
+        if not torch.equal(int8_matmul(x, pack_int8_weight(w)), want):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _check() -> tuple[bool, str]:
+    if not hasattr(torch.ops.onednn, "qlinear_pointwise") or not torch.backends.mkldnn.is_available():
+        return False, "unavailable: this torch build has no oneDNN int8 linear"
+    if not _cpu_has_vnni():
+        return False, "off: this CPU has no VNNI/AMX (oneDNN's int8 path could saturate); using torch._int_mm"
+    try:
+        ok = _probe_matches_int_mm()
+    except RuntimeError as exc:
+        return False, f"unavailable: {str(exc).strip().splitlines()[0][:200]}"
+    if not ok:
+        return False, "off: the oneDNN int8 product did not match torch._int_mm on this CPU; using torch._int_mm"
+    return True, "on (oneDNN int8 matmul, packed weights)"
+
+
+def onednn_int8_available() -> bool:
+    """True when the packed oneDNN int8 product runs here and matched ``torch._int_mm`` on the first-use probe."""
+    return _check()[0]
+
+
+def onednn_int8_status() -> str:
+    """One line for ``leanformer env``."""
+    return _check()[1]
