@@ -146,3 +146,89 @@ def test_act_weighting_uses_input_moments():
     torch.testing.assert_close(model[0].quantized_weight().dequantize(), weighted.dequantize(), **TOL[torch.float32])
     with pytest.raises(ValueError, match="importance"):
         quantize_rtn(torch.randn(4, 8), bits=4, importance=torch.ones(7))
+
+
+def _tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                  intermediate_size=128, max_position_embeddings=32)
+    return transformers.BertModel(cfg).eval()
+
+
+def test_sensitivity_with_replayed_blocks_equals_full_forwards(monkeypatch):
+    from leanformer.quant import sensitivity
+
+    model = _tiny_bert()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    before = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    lows = {n: w * 0.9 for n, w in before.items()}
+    calls = []
+    original = sensitivity._Replay.forward
+    monkeypatch.setattr(sensitivity._Replay, "forward", lambda self, *a, **k: calls.append(1) or original(self))
+    replayed = sensitivity.layer_sensitivity(model, lows)
+    assert len(calls) == 2 + sum(int(n.split(".")[2]) for n in names if n.startswith("encoder.layer."))  # + verify
+    init = sensitivity._BlockPrefix.__init__
+
+    def no_prefix(self, m):
+        init(self, m)
+        self.blocks = None
+
+    monkeypatch.setattr(sensitivity._BlockPrefix, "__init__", no_prefix)
+    assert sensitivity.layer_sensitivity(model, lows) == replayed  # the very same floats
+    assert all(torch.equal(model.get_submodule(n).weight, before[n]) for n in names)  # weights restored
+    assert all(type(b).__name__ == "BertLayer" for b in model.encoder.layer)  # blocks restored
+
+
+def test_prefix_replay_is_dropped_when_a_block_is_reused():
+    from leanformer.quant.sensitivity import _BlockPrefix
+
+    class Shared(nn.Module):  # the same block object applied twice: no fixed prefix to replay
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+
+        def forward(self, x):
+            for _ in range(2):
+                for layer in self.layers:
+                    x = layer(x)
+            return x
+
+    model, x = Shared(), torch.randn(3, 8)
+    prefix = _BlockPrefix(model)
+    with prefix.recording():
+        model(x)
+    assert prefix.blocks is None
+
+
+def test_native_clip_search_score_matches_the_eager_one():
+    from leanformer.quant import rtn
+    from leanformer.quant.native import native_ops
+
+    ops = native_ops()
+    if ops is None:
+        pytest.skip("native ops not built here")
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(37, 3, 33, generator=gen)  # odd group size: vector tails
+    scale = torch.rand(37, 3, 1, generator=gen) * 0.3 + 0.01
+    zero = torch.round(torch.rand(37, 3, 1, generator=gen) * 15)
+    h = torch.rand(1, 3, 33, generator=gen)
+    for z, hh, lo, hi in ((zero, h, 0, 15), (None, None, -8, 7), (zero, None, 0, 15)):
+        q = w / scale
+        q = (q + z) if z is not None else q
+        q = q.round().clamp(lo, hi)
+        q = (q - z) if z is not None else q
+        ref = (q * scale - w).pow(2)
+        ref = (ref * hh if hh is not None else ref).sum(-1, keepdim=True)
+        out = ops.group_sq_err(w, scale, rtn._EMPTY if z is None else z, rtn._EMPTY if hh is None else hh,
+                               float(lo), float(hi))
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=0)  # only the order of the 33-term sum differs
+    wt = torch.randn(48, 128, generator=gen)
+    kw = dict(bits=4, group_size=32, symmetric=False, clip_search=True, refine_steps=2, importance=torch.rand(128))
+    fast = rtn.quantize_rtn(wt, **kw)
+    set_policy(native=False)
+    try:
+        slow = rtn.quantize_rtn(wt, **kw)
+    finally:
+        set_policy(native=True)
+    err = lambda qw: (wt - qw.dequantize()).pow(2).sum()  # noqa: E731
+    torch.testing.assert_close(err(fast), err(slow), rtol=1e-5, atol=0)

@@ -90,3 +90,18 @@ def test_asymmetric_zero_is_exact_and_unbiased_with_outliers():
     assert (deq[:, 1:9] == 0).all()
     bias = (deq - w)[:, 9:].mean(1).abs()  # the row offset over the near-zero bulk
     assert (bias < 0.1 * qw.scale.float().squeeze(1)).all()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_row_blocks_give_the_same_result_as_one_sweep(monkeypatch, symmetric):
+    import leanformer.quant.rtn as rtn
+
+    w = torch.randn(37, 96) * torch.logspace(-2, 1, 37).unsqueeze(-1)
+    kw = dict(bits=4, group_size=32, symmetric=symmetric, clip_search=True, refine_steps=2,
+              importance=torch.rand(96))
+    monkeypatch.setattr(rtn, "_BLOCK_ELEMENTS", 10 ** 9)  # one block
+    whole = quantize_rtn(w, **kw)
+    monkeypatch.setattr(rtn, "_BLOCK_ELEMENTS", 5 * 96)  # 5-row blocks and a 2-row remainder
+    blocked = quantize_rtn(w, **kw)
+    assert torch.equal(whole.codes, blocked.codes) and torch.equal(whole.scale, blocked.scale)
+    assert (whole.zero is None and blocked.zero is None) or torch.equal(whole.zero, blocked.zero)

