@@ -201,3 +201,12 @@ def test_planar_cache_unpacks_the_same_weight(n, k, q, dtype):
     slow = mod.dequantized_weight(dtype)
     assert torch.equal(fast, slow)
     torch.testing.assert_close(slow.float(), mod.quantized_weight().dequantize(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("amx, rows", [(True, (24, 24)), (False, (32, 96))])
+def test_row_crossovers_follow_the_cpu_kind(monkeypatch, amx, rows):
+    from leanformer.quant import kernels
+
+    monkeypatch.setattr(kernels, "_amx_cpu", lambda: amx)
+    policy = kernels.KernelPolicy()
+    assert (policy.int8_rows, policy.int4_rows) == rows

@@ -3,8 +3,9 @@
 Measured on this project's CPUs (research note, "Kernels"; re-measured by ``benchmarks/bench_quant.py``):
 * ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` beat unpack + bf16 GEMM only for few
   rows and only with bf16 activations (fp32 activations run 30-100x slower). Crossovers measured on MiniLM's
-  shapes (384x1536, 1536x384, 384x384, 1 thread, min of 9): int8 ~32-64 rows, int4 ~128 rows; hence the
-  defaults ``int8_rows=32`` and ``int4_rows=96``.
+  shapes (384x1536, 1536x384, 384x384, 1 thread): on an AMD EPYC (AVX512-BF16) int8 ~32-64 rows, int4 ~128
+  rows; on a Sapphire Rapids (AMX) both ~24-32 rows. Hence the defaults ``int8_rows=32`` / ``int4_rows=96``,
+  and 24 / 24 on AMX CPUs.
 * For more rows, unpacking the codes to bf16 and running one dense oneDNN GEMM is faster.
 * W8A8 modules quantize activations per token and multiply int8 x int8: oneDNN's matmul on a packed weight
   where it applies (``onednn.py``), else ``torch._int_mm``; both give the same exact integer sums.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +45,23 @@ def fast_bf16_cpu() -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def _amx_cpu() -> bool:
+    fn = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    return bool(fn is not None and fn())
+
+
+def _default_rows(amx: int, other: int):
+    """Row crossovers measured per kind of CPU: on AMX CPUs oneDNN's bf16 GEMM (the dequant path) overtakes the
+    packed kernels much earlier - Sapphire Rapids: int4 and int8 ~24-32 rows; AMD EPYC (AVX512-BF16, no AMX):
+    int8 ~32-64, int4 ~128 (benchmarks/bench_quant.py's kernel sweep, 1 thread)."""
+    return field(default_factory=lambda: amx if _amx_cpu() else other)
+
+
 @dataclass
 class KernelPolicy:
-    int8_rows: int = 32  # rows <= this use _weight_int8pack_mm (bf16 activations)
-    int4_rows: int = 96  # rows <= this use _weight_int4pack_mm_for_cpu
+    int8_rows: int = _default_rows(24, 32)  # rows <= this use _weight_int8pack_mm (bf16 activations)
+    int4_rows: int = _default_rows(24, 96)  # rows <= this use _weight_int4pack_mm_for_cpu
     compute_dtype: str = "auto"  # "auto" | "float32" | "bfloat16" for the dequant path on fp32 inputs
     allow_pack_kernels: bool = True
     # keep a second, group-planar copy of int4 codes in memory (packing.group_planar): ~3-4x faster unpacking
