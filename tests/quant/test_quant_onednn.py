@@ -11,9 +11,10 @@ needs_onednn = pytest.mark.skipif(not onednn_int8_available(), reason=f"oneDNN i
 
 @pytest.fixture(autouse=True)
 def _restore_policy():
-    before = (get_policy().onednn_int8, get_policy().native)
+    before = (get_policy().onednn_int8, get_policy().native, get_policy().onednn_rows)
+    set_policy(onednn_rows=1)  # small test inputs take the oneDNN path too
     yield
-    set_policy(onednn_int8=before[0], native=before[1])
+    set_policy(onednn_int8=before[0], native=before[1], onednn_rows=before[2])
 
 
 @needs_onednn
@@ -94,3 +95,15 @@ def test_policy_switch_is_honoured():
     with torch.no_grad():
         kernels.run_kernel("w8a8", mod, torch.randn(5, 32))
     assert "w8a8_onednn" not in mod._cache
+
+
+@needs_onednn
+def test_few_rows_take_int_mm():
+    lin = torch.nn.Linear(32, 16)
+    mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8)
+    set_policy(onednn_rows=8)
+    with torch.no_grad():
+        mod(torch.randn(7, 32))
+        assert "w8a8_onednn" not in mod._cache and "w8a8_t" in mod._cache
+        mod(torch.randn(8, 32))
+        assert "w8a8_onednn" in mod._cache

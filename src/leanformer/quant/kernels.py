@@ -74,6 +74,9 @@ class KernelPolicy:
     # W8A8's int8 product through oneDNN on a packed copy of the weight (onednn.py): bit-identical to
     # torch._int_mm and 2-5x faster on AMX/VNNI CPUs, for N*K more bytes of memory per layer at run time
     onednn_int8: bool = True
+    # ... from this many rows: below it torch._int_mm's lower per-call overhead (~30 vs ~65 us) wins on MiniLM's
+    # shapes on Sapphire Rapids (1 thread; oneDNN wins everywhere from ~256 rows, 2-4x at 576)
+    onednn_rows: int = 128
 
 
 _POLICY = KernelPolicy()
@@ -280,8 +283,8 @@ def _w8a8(mod, x2, bias, out_dtype):
 def _int8_product(mod, xq: torch.Tensor) -> torch.Tensor:
     """xq @ qweight.T for (M, K) int8 codes: oneDNN on a packed weight where it applies (same values, as float32),
     else ``torch._int_mm`` (int32)."""
-    if (xq.device.type == "cpu" and _POLICY.onednn_int8 and not torch.compiler.is_compiling()
-            and onednn_int8_available()):
+    if (xq.device.type == "cpu" and _POLICY.onednn_int8 and xq.shape[0] >= _POLICY.onednn_rows
+            and not torch.compiler.is_compiling() and onednn_int8_available()):
         return int8_matmul(xq, mod.kernel_cache("w8a8_onednn", lambda: pack_int8_weight(mod.qweight)))
     wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
     return torch._int_mm(xq, wt)
