@@ -19,7 +19,6 @@ process runs the same kernel, so saved models reproduce outputs exactly. ``Kerne
 """
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .cpu_features import cpu_has
 from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
@@ -34,21 +34,13 @@ __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_ker
            "prepare_shared", "quantize_activations", "native_ops_for"]
 
 
-@functools.lru_cache(maxsize=None)
 def fast_bf16_cpu() -> bool:
     """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX), where bf16 GEMMs win."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    return False
+    return cpu_has("avx512_bf16", "amx_tile")
 
 
-@functools.lru_cache(maxsize=None)
 def _amx_cpu() -> bool:
-    fn = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    return bool(fn is not None and fn())
+    return cpu_has("amx_tile")
 
 
 def _default_rows(amx: int, other: int):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cpu_features import cpu_has
+
 __all__ = ["onednn_int8_available", "onednn_int8_status", "PackedInt8Weight", "pack_int8_weight", "int8_matmul"]
 
 
@@ -51,8 +53,7 @@ def int8_matmul(xq: torch.Tensor, weight: PackedInt8Weight) -> torch.Tensor:
 
 
 def _cpu_has_vnni() -> bool:
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+    return cpu_has("vnni", "amx_tile")
 
 
 def _probe_matches_int_mm() -> bool:
