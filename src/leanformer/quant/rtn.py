@@ -100,21 +100,31 @@ def _init_params(ranges, bits, alpha):
     return _affine(ranges[0] * alpha, ranges[1] * alpha, 2 ** bits - 1)
 
 
-def _refine(w, q, scale, zero, h=None):
-    """(Weighted) least-squares fit of w ~ s*q + b per group for fixed codes q (returns new scale, zero)."""
+def _centred(w, h=None):
+    """The parts of the asymmetric refit that do not depend on the codes, computed once per block rather than
+    once per refit: per group the total importance ``hs`` (None without importance), the (weighted) mean
+    ``wm`` of w, and ``w - wm``."""
+    if h is None:
+        wm = w.mean(-1, keepdim=True)
+        return None, wm, w - wm
+    hs = h.sum(-1, keepdim=True).clamp_min(1e-12)
+    wm = (w * h).sum(-1, keepdim=True) / hs
+    return hs, wm, w - wm
+
+
+def _refine(w, q, scale, zero, h=None, centred=None):
+    """(Weighted) least-squares fit of w ~ s*q + b per group for fixed codes q (returns new scale, zero).
+    ``centred``: ``_centred(w, h)`` when the caller refits the same w repeatedly."""
     hq = q if h is None else q * h
     if zero is None:
         num, den = (hq * w).sum(-1, keepdim=True), (hq * q).sum(-1, keepdim=True)
         return torch.where(den > 0, num / den.clamp_min(1e-12), scale), None
-    if h is None:
-        qm, wm = q.mean(-1, keepdim=True), w.mean(-1, keepdim=True)
-    else:
-        hs = h.sum(-1, keepdim=True).clamp_min(1e-12)
-        qm, wm = hq.sum(-1, keepdim=True) / hs, (w * h).sum(-1, keepdim=True) / hs
+    hs, wm, wc = centred if centred is not None else _centred(w, h)
+    qm = q.mean(-1, keepdim=True) if h is None else hq.sum(-1, keepdim=True) / hs
     qc = q - qm
     hqc = qc if h is None else qc * h
     var = (hqc * qc).sum(-1, keepdim=True)
-    s = (hqc * (w - wm)).sum(-1, keepdim=True) / var.clamp_min(1e-12)
+    s = (hqc * wc).sum(-1, keepdim=True) / var.clamp_min(1e-12)
     ok = (var > 0) & (s > 0)
     s = torch.where(ok, s, scale)
     b = wm - s * qm
@@ -160,8 +170,9 @@ def _search_block(w, h, bits, symmetric, alphas, refine_steps, scale_dtype):
         best_s = torch.where(better, s, best_s)
         best_z = None if z is None else torch.where(better, z, best_z)
     best_q = _codes(w, best_s, best_z, qmin, qmax)
+    centred = _centred(w, h) if refine_steps and not symmetric else None
     for _ in range(refine_steps):
-        s, z = params(*_refine(w, best_q, best_s, best_z, h))
+        s, z = params(*_refine(w, best_q, best_s, best_z, h, centred))
         q = _codes(w, s, z, qmin, qmax)
         err = _sq_err(w, q, s, z, h)
         better = err < best_err
