@@ -64,10 +64,10 @@ class KernelPolicy:
     # fused C++ passes of the W8A8 and int4 batch kernels on CPU (native.py): bit-identical, compiled on first use
     native: bool = True
     # W8A8's int8 product through oneDNN on a packed copy of the weight (onednn.py): bit-identical to
-    # torch._int_mm and 2-5x faster on AMX/VNNI CPUs, for N*K more bytes of memory per layer at run time
+    # torch._int_mm and 1.3-4x faster on AMX CPUs at 576 rows, for N*K more bytes of memory per layer at run time
     onednn_int8: bool = True
     # ... from this many rows: below it torch._int_mm's lower per-call overhead (~30 vs ~65 us) wins on MiniLM's
-    # shapes on Sapphire Rapids (1 thread; oneDNN wins everywhere from ~256 rows, 2-4x at 576)
+    # shapes on Sapphire Rapids (1 thread; oneDNN wins everywhere from ~256 rows, 1.3-4x at 576)
     onednn_rows: int = 128
 
 

@@ -1,9 +1,9 @@
 """int8 x int8 GEMM through oneDNN with a weight packed once: the fast product behind W8A8 on x86 CPUs.
 
 ``torch._int_mm`` on CPU calls oneDNN's plain ``gemm`` API (``ONEDNN_VERBOSE=1`` shows ``gemm_api``), which
-lays the weight out again on every call and, on this project's Sapphire Rapids CI machines, does not reach the
-AMX tiles. ``torch.ops.onednn.qlinear_pointwise`` on a weight packed once by ``torch.ops.onednn.qlinear_prepack``
-runs oneDNN's brgemm matmul (AMX or AVX512-VNNI) instead: 2-5x faster on MiniLM's shapes at 576 rows
+lays the weight out again on every call and, on the Sapphire Rapids machine this was measured on, does not
+reach the AMX tiles. ``torch.ops.onednn.qlinear_pointwise`` on a weight packed once by ``torch.ops.onednn.qlinear_prepack``
+runs oneDNN's brgemm matmul (AMX or AVX512-VNNI) instead: 1.3-4x faster on MiniLM's shapes at 576 rows
 (``benchmarks/bench_quant.py``'s kernel sweep). It is PyTorch's own x86 int8 linear (the one Inductor's x86
 quantization lowers to); it takes one activation scale per tensor, so we call it with unit scales and zero
 points and apply the per-token and per-channel scales afterwards, exactly as after ``torch._int_mm``.
