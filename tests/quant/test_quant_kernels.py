@@ -210,3 +210,27 @@ def test_row_crossovers_follow_the_cpu_kind(monkeypatch, amx, rows):
     monkeypatch.setattr(kernels, "_amx_cpu", lambda: amx)
     policy = kernels.KernelPolicy()
     assert (policy.int8_rows, policy.int4_rows) == rows
+
+
+@pytest.mark.parametrize("q", [dict(bits=4, group_size=32, symmetric=False), dict(bits=8), dict(bits=8, act_bits=8)])
+def test_copies_and_pickles_drop_the_kernel_cache_and_follow_loaded_weights(q):
+    import copy
+    import io
+
+    set_policy(onednn_rows=1)  # W8A8 caches oneDNN's packed weight, which cannot be copied or pickled
+    try:
+        mod, other = _module(48, 64, **dict(q)), _module(48, 64, **dict(q))
+        x = torch.randn(200, 64)
+        with torch.no_grad():
+            y = mod(x)
+            assert mod._cache  # layouts were built
+            twin = copy.deepcopy(mod)
+            assert torch.equal(twin(x), y)
+            twin.load_state_dict(other.state_dict())  # must invalidate the copy's own cache, not the original's
+            assert torch.equal(twin(x), other(x)) and torch.equal(mod(x), y)
+            buf = io.BytesIO()
+            torch.save(mod, buf)
+            buf.seek(0)
+            assert torch.equal(torch.load(buf, weights_only=False)(x), y)
+    finally:
+        set_policy(onednn_rows=128)

@@ -50,7 +50,17 @@ class _PackedWeightMixin(nn.Module):
             raise ValueError(f"codebook must be False, True, 'tensor', 'channel' or 'group', got {codebook!r}")
         self.register_buffer("codebook", torch.zeros(cb_shape[codebook], device=device) if codebook else None)
         self._cache: dict = {}
-        self._register_load_state_dict_pre_hook(lambda *a, **k: self._cache.clear())
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # a method, not a hook closure over self: a closure would survive copy.deepcopy still pointing at the
+        # original module, and the copy would keep serving layouts of its old codes after load_state_dict
+        self._cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        # the cache is derived and process-local (oneDNN's packed weights cannot even be copied or pickled):
+        # copies and pickles start without it and rebuild it on first use
+        return {**self.__dict__, "_cache": {}}
 
     # -- storage <-> QuantizedWeight
     def set_quantized(self, qw: QuantizedWeight) -> None:
