@@ -1,11 +1,12 @@
 """Optional native CPU kernels, compiled on this machine the first time they are needed.
 
-``csrc/quant_cpu.cpp`` fuses the elementwise passes of the batch kernels: around ``torch._int_mm`` in
-dynamic W8A8 layers (activation quantization; int32 -> float rescale with bias), and around the bf16 GEMM
-of weight-only int4 layers (unpack + zero point + scale in one pass; bf16 -> float + bias). The eager
-versions in ``kernels.py`` / ``modules.py`` stay the reference and the fallback: the native ones produce
-bit-identical outputs (tested), so whether they are used changes speed only. Measured on MiniLM, batch
-32, 1 thread: see docs/quant.md.
+``csrc/quant_cpu.cpp`` fuses the elementwise passes of the batch kernels: around the int8 product in
+dynamic W8A8 layers (activation quantization; int32 or float32 -> float rescale with bias), and around the
+bf16 GEMM of weight-only int4 layers (unpack + zero point + scale in one pass; bf16 -> float + bias). The
+eager versions in ``kernels.py`` / ``modules.py`` stay the reference and the fallback: the native ones
+produce bit-identical outputs (tested), so whether they are used changes speed only. One more op serves the
+quantizer, not the forward: the clip search's per-group squared error (``rtn.py``), equal to the eager score
+up to the rounding of its final sum. Measured on MiniLM, batch 32, 1 thread: see docs/quant.md.
 
 The build uses ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ``ninja``, a dependency of
 leanformer) and is cached by torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``); later
@@ -42,8 +43,8 @@ def _enabled() -> bool:
 
 
 def native_ops():
-    """The compiled module (``quantize_rows``, ``rescale_int32``, ``dequant_int4_planar``, ``bf16_to_float_add``),
-    or None when disabled or unavailable."""
+    """The compiled module (``quantize_rows``, ``rescale_int32``, ``rescale_float_``, ``dequant_int4_planar``,
+    ``bf16_to_float_add``, ``group_sq_err``), or None when disabled or unavailable."""
     if not _enabled():
         return None
     if "ops" in _STATE:
