@@ -60,7 +60,7 @@ def native_status() -> str:
     if not _enabled():
         return "off (LEANFORMER_NATIVE=0 or set_policy(native=False))"
     if "ops" not in _STATE:
-        return "not built yet (built on the first quantized batch forward on CPU)"
+        return "not built yet (built on first use: a quantized batch forward or a clip search on CPU)"
     return "loaded" if _STATE["ops"] is not None else f"unavailable: {_STATE.get('error')}"
 
 
