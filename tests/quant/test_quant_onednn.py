@@ -107,3 +107,17 @@ def test_few_rows_take_int_mm():
         assert "w8a8_onednn" not in mod._cache and "w8a8_t" in mod._cache
         mod(torch.randn(8, 32))
         assert "w8a8_onednn" in mod._cache
+
+
+def test_an_op_that_fails_leaves_torch_int_mm(monkeypatch):
+    onednn._check.cache_clear()
+    monkeypatch.setattr(onednn, "_cpu_has_vnni", lambda: True)
+
+    def broken(*args, **kwargs):
+        raise TypeError("qlinear_pointwise() got an unexpected keyword argument")
+
+    monkeypatch.setattr(onednn, "int8_matmul", broken)
+    try:
+        assert not onednn_int8_available() and onednn_int8_status().startswith("unavailable: TypeError")
+    finally:
+        onednn._check.cache_clear()

@@ -76,8 +76,8 @@ def _check() -> tuple[bool, str]:
         return False, "off: this CPU has no VNNI/AMX (oneDNN's int8 path could saturate); using torch._int_mm"
     try:
         ok = _probe_matches_int_mm()
-    except RuntimeError as exc:
-        return False, f"unavailable: {str(exc).strip().splitlines()[0][:200]}"
+    except (RuntimeError, TypeError) as exc:  # e.g. a torch release that changed the op's schema
+        return False, f"unavailable: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
     if not ok:
         return False, "off: the oneDNN int8 product did not match torch._int_mm on this CPU; using torch._int_mm"
     return True, "on (oneDNN int8 matmul, packed weights)"
