@@ -63,29 +63,29 @@ def test_pack_rejects_bad_weights():
         pack_int8_weight(torch.zeros(4, dtype=torch.int8))
 
 
-def test_a_mismatching_probe_switches_the_path_off(monkeypatch):
+@pytest.fixture
+def fresh_check():
+    """The availability check runs again under the test's monkeypatches, and again for later tests."""
     onednn._check.cache_clear()
+    yield
+    onednn._check.cache_clear()
+
+
+def test_a_mismatching_probe_switches_the_path_off(monkeypatch, fresh_check):
     monkeypatch.setattr(onednn, "_probe_matches_int_mm", lambda: False)
     monkeypatch.setattr(onednn, "_cpu_has_vnni", lambda: True)
-    try:
-        assert not onednn_int8_available() and "did not match" in onednn_int8_status()
-        lin = torch.nn.Linear(32, 16)
-        mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8)
-        with torch.no_grad():
-            mod(torch.randn(4, 32))
-        assert "w8a8_onednn" not in mod._cache and "w8a8_t" in mod._cache  # torch._int_mm ran
-    finally:
-        onednn._check.cache_clear()
+    assert not onednn_int8_available() and "did not match" in onednn_int8_status()
+    lin = torch.nn.Linear(32, 16)
+    mod = QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8)
+    with torch.no_grad():
+        mod(torch.randn(4, 32))
+    assert "w8a8_onednn" not in mod._cache and "w8a8_t" in mod._cache  # torch._int_mm ran
 
 
-def test_cpus_without_vnni_never_try_it(monkeypatch):
-    onednn._check.cache_clear()
+def test_cpus_without_vnni_never_try_it(monkeypatch, fresh_check):
     monkeypatch.setattr(onednn, "_cpu_has_vnni", lambda: False)
     monkeypatch.setattr(onednn, "_probe_matches_int_mm", lambda: pytest.fail("probe must not run"))
-    try:
-        assert not onednn_int8_available() and "VNNI" in onednn_int8_status()
-    finally:
-        onednn._check.cache_clear()
+    assert not onednn_int8_available() and "VNNI" in onednn_int8_status()
 
 
 def test_policy_switch_is_honoured():
@@ -109,15 +109,11 @@ def test_few_rows_take_int_mm():
         assert "w8a8_onednn" in mod._cache
 
 
-def test_an_op_that_fails_leaves_torch_int_mm(monkeypatch):
-    onednn._check.cache_clear()
+def test_an_op_that_fails_leaves_torch_int_mm(monkeypatch, fresh_check):
     monkeypatch.setattr(onednn, "_cpu_has_vnni", lambda: True)
 
     def broken(*args, **kwargs):
         raise TypeError("qlinear_pointwise() got an unexpected keyword argument")
 
     monkeypatch.setattr(onednn, "int8_matmul", broken)
-    try:
-        assert not onednn_int8_available() and onednn_int8_status().startswith("unavailable: TypeError")
-    finally:
-        onednn._check.cache_clear()
+    assert not onednn_int8_available() and onednn_int8_status().startswith("unavailable: TypeError")
