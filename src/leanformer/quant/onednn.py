@@ -11,7 +11,7 @@ points and apply the per-token and per-channel scales afterwards, exactly as aft
 With unit scales the op returns float32(x_int8 @ w_int8.T): the int32 accumulation is exact and the single
 cast to float32 rounds to nearest even, as ``torch._int_mm(...).float()`` does, so W8A8 outputs are
 bit-identical whichever product runs. That is checked, not assumed: the first use runs a probe on this CPU
-(random codes, the extreme codes -128/127, sums past 2**24, 1 and 17 rows) against ``torch._int_mm``, and the
+(random codes, the extreme codes -128/127, sums past 2**24, 1, 17 and 40 rows) against ``torch._int_mm``, and the
 path is used only if every value matches. CPUs without VNNI are never tried: there oneDNN multiplies u8 x s8
 pairs into saturating 16-bit intermediates, which can give wrong sums.
 """
@@ -34,7 +34,6 @@ class PackedInt8Weight:
     packed: torch.Tensor  # opaque mkldnn tensor; process-local, never saved
     ones: torch.Tensor  # (N,) float32
     zeros: torch.Tensor  # (N,) int64
-    out_features: int
 
 
 def pack_int8_weight(qweight: torch.Tensor) -> PackedInt8Weight:
@@ -43,7 +42,7 @@ def pack_int8_weight(qweight: torch.Tensor) -> PackedInt8Weight:
         raise ValueError(f"pack_int8_weight expects a (N, K) int8 tensor, got {tuple(qweight.shape)} {qweight.dtype}")
     n = qweight.shape[0]
     packed = torch.ops.onednn.qlinear_prepack(qweight.contiguous(), None)
-    return PackedInt8Weight(packed, torch.ones(n), torch.zeros(n, dtype=torch.long), n)
+    return PackedInt8Weight(packed, torch.ones(n), torch.zeros(n, dtype=torch.long))
 
 
 def int8_matmul(xq: torch.Tensor, weight: PackedInt8Weight) -> torch.Tensor:
