@@ -85,12 +85,14 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
                       _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
-    "w8a8": ("leanformer", "dynamic W8A8 per-token, oneDNN int8 matmul (torch._int_mm under 128 rows)",
-             _ours(W8A8Config(), EMB8)),
-    "w8a8_eager": ("leanformer", "w8a8 with the native fused ops and oneDNN off (torch._int_mm)",
-                   _policy(_ours(W8A8Config(), EMB8), native=False, onednn_int8=False)),
-    "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of oneDNN's packed int8 matmul",
-                   _policy(_ours(W8A8Config(), EMB8), onednn_int8=False)),
+    "w8a8": ("leanformer", "dynamic W8A8 per-token: AMX kernel with fused rescale on AMX CPUs, else oneDNN "
+                           "int8 matmul (torch._int_mm under 128 rows)", _ours(W8A8Config(), EMB8)),
+    "w8a8_eager": ("leanformer", "w8a8 with the native fused ops, AMX and oneDNN off (torch._int_mm)",
+                   _policy(_ours(W8A8Config(), EMB8), native=False, amx_int8=False, onednn_int8=False)),
+    "w8a8_onednn": ("leanformer", "w8a8 with oneDNN's packed int8 matmul instead of the AMX kernel",
+                    _policy(_ours(W8A8Config(), EMB8), amx_int8=False)),
+    "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of the AMX kernel / oneDNN",
+                   _policy(_ours(W8A8Config(), EMB8), amx_int8=False, onednn_int8=False)),
     "w8+bf16act": ("leanformer", "w8 with bf16 activations", _ours(W8, EMB8, act_dtype=torch.bfloat16)),
     "w4g64+bf16act": ("leanformer", "w4g64 with bf16 activations", _ours(W4G64, EMB8, act_dtype=torch.bfloat16)),
     "mixed8.5+bf16act": ("leanformer", "mixed8.5 with bf16 activations",
@@ -202,7 +204,8 @@ def kernel_sweep(rows: Rows, reps: int) -> None:
             for path in paths:
                 fns[f"{fmt}:{path}"] = (lambda mod=mod, path=path: mod(x, kernel=path))
             fns[f"{fmt}:auto"] = (lambda mod=mod: mod(x))
-        fns["w8a8:int_mm"] = lambda: _run_with(mods["w8a8"], x, onednn_int8=False)  # torch._int_mm, not oneDNN
+        fns["w8a8:onednn"] = lambda: _run_with(mods["w8a8"], x, amx_int8=False)  # oneDNN's packed matmul
+        fns["w8a8:int_mm"] = lambda: _run_with(mods["w8a8"], x, amx_int8=False, onednn_int8=False)
         with torch.no_grad():
             times = _interleaved(fns, reps)
         med = _median(times)

@@ -84,7 +84,7 @@ def test_w8a8_module_is_bit_identical_with_and_without_native(ops):
 
 def test_failed_build_warns_once_and_uses_the_eager_path(monkeypatch):
     monkeypatch.setattr(native, "_STATE", {})
-    monkeypatch.setattr(native, "_SOURCE", native._SOURCE.with_name("missing.cpp"))
+    monkeypatch.setattr(native, "_SOURCES", [native._SOURCES[0].with_name("missing.cpp")])
     monkeypatch.setattr(native, "_extension_name", lambda: "leanformer_missing_source_test")
     with pytest.warns(RuntimeWarning, match="unavailable"):
         assert native_ops() is None

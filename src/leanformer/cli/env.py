@@ -38,6 +38,7 @@ def collect() -> dict:
     import torch
 
     from leanformer import __version__
+    from leanformer.quant.amx import amx_int8_status
     from leanformer.quant.native import native_status
     from leanformer.quant.onednn import onednn_int8_status
 
@@ -57,6 +58,7 @@ def collect() -> dict:
         "cpu_flags": _cpu_flags(),
         "native_quant_ops": native_status(),
         "onednn_int8_matmul": onednn_int8_status(),
+        "amx_int8_matmul": amx_int8_status(build=False),
         "packages": {name: _package_version(name) for name in packages},
     }
 

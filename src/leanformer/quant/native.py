@@ -6,7 +6,9 @@ bf16 GEMM of weight-only int4 layers (unpack + zero point + scale in one pass; b
 eager versions in ``kernels.py`` / ``modules.py`` stay the reference and the fallback: the native ones
 produce bit-identical outputs (tested), so whether they are used changes speed only. One more op serves the
 quantizer, not the forward: the clip search's per-group squared error (``rtn.py``), equal to the eager score
-up to the rounding of its final sum. Measured on MiniLM, batch 32, 1 thread: see docs/quant.md.
+up to the rounding of its final sum. ``csrc/amx_int8.cpp`` adds W8A8's int8 product on AMX tiles with the
+rescale fused (``amx.py``; compiled only where ``-march=native`` has AMX-INT8). Measured on MiniLM, batch 32,
+1 thread: see docs/quant.md.
 
 The build uses ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ``ninja``, a dependency of
 leanformer) and is cached by torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``); later
@@ -24,16 +26,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_ops", "native_status"]
+__all__ = ["native_ops", "native_status", "native_built"]
 
-_SOURCE = Path(__file__).parent / "csrc" / "quant_cpu.cpp"
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("quant_cpu.cpp", "amx_int8.cpp")]
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "ops" -> loaded module or None; "error" -> why it is None
 
 
 def _extension_name() -> str:
+    from .cpu_features import cpu_has
+
     capability = torch.backends.cpu.get_cpu_capability().lower()  # e.g. "avx512": -march=native differs by CPU
-    return f"leanformer_quant_cpu_{capability}"
+    # AVX512 CPUs with and without AMX build different code (amx_int8.cpp compiles its kernel only with AMX)
+    return f"leanformer_quant_cpu_{capability}{'_amx' if cpu_has('amx_tile') else ''}"
 
 
 def _enabled() -> bool:
@@ -44,7 +49,7 @@ def _enabled() -> bool:
 
 def native_ops():
     """The compiled module (``quantize_rows``, ``rescale_int32``, ``rescale_float_``, ``dequant_int4_planar``,
-    ``bf16_to_float_add``, ``group_sq_err``), or None when disabled or unavailable."""
+    ``bf16_to_float_add``, ``group_sq_err``, ``amx_int8_linear``), or None when disabled or unavailable."""
     if not _enabled():
         return None
     if "ops" in _STATE:
@@ -53,6 +58,11 @@ def native_ops():
         if "ops" not in _STATE:
             _STATE["ops"] = _build()
     return _STATE["ops"]
+
+
+def native_built() -> bool:
+    """True once this process has tried to load the kernels (whether or not that worked)."""
+    return "ops" in _STATE
 
 
 def native_status() -> str:
@@ -70,10 +80,10 @@ def _build():
 
         # a cached build loads in well under a second; say something only when a real compile is under way
         notice = threading.Timer(2.0, lambda: print("leanformer: compiling the native quantization CPU kernels "
-                                                     "(once per machine, ~35 s)...", file=sys.stderr, flush=True))
+                                                     "(once per machine, about a minute)...", file=sys.stderr, flush=True))
         notice.start()
         try:
-            return load(name=_extension_name(), sources=[str(_SOURCE)],
+            return load(name=_extension_name(), sources=[str(p) for p in _SOURCES],
                         extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd"], verbose=False)
         finally:
             notice.cancel()

@@ -10,11 +10,14 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "rescale_operands.h"
+
 #include <atomic>
 
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <string>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -124,13 +127,7 @@ static void rescale_rows_cols(const torch::Tensor& acc, const torch::Tensor& row
                               const torch::Tensor& bias, torch::Tensor& out) {
   TORCH_CHECK(acc.dim() == 2 && acc.is_contiguous(), "acc: contiguous (M, N)");
   const int64_t rows = acc.size(0), cols = acc.size(1);
-  TORCH_CHECK(row_scale.scalar_type() == torch::kFloat32 && row_scale.numel() == rows && row_scale.is_contiguous(),
-              "row_scale: (M, 1) float32");
-  TORCH_CHECK(col_scale.scalar_type() == torch::kFloat32 && col_scale.numel() == cols && col_scale.is_contiguous(),
-              "col_scale: (N,) float32");
-  const bool has_bias = bias.numel() > 0;
-  TORCH_CHECK(!has_bias || (bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous()),
-              "bias: (N,) float32");
+  const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
   const Acc* ap = acc.data_ptr<Acc>();
   const float* rp = row_scale.data_ptr<float>();
   const float* cp = col_scale.data_ptr<float>();
@@ -311,6 +308,12 @@ torch::Tensor group_sq_err(const torch::Tensor& w, const torch::Tensor& scale, c
   return err;
 }
 
+// amx_int8.cpp
+bool amx_int8_ready();
+std::string amx_int8_status();
+torch::Tensor amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale, const torch::Tensor& packed,
+                              const torch::Tensor& col_scale, const torch::Tensor& bias);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
   m.def("bf16_to_float_add", &bf16_to_float_add, "bf16 GEMM result -> float32 + bias (fused)");
@@ -318,4 +321,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rescale_int32", &rescale_int32, "int32 GEMM result -> float32 with row/column scales and bias (fused)");
   m.def("rescale_float_", &rescale_float_, "the same, in place on a float32 product holding integers (fused)");
   m.def("group_sq_err", &group_sq_err, "clip-search score: squared rounding error per group (fused)");
+  m.def("amx_int8_ready", &amx_int8_ready, "True when the AMX int8 product can run in this process");
+  m.def("amx_int8_status", &amx_int8_status, "why the AMX int8 product can or cannot run");
+  m.def("amx_int8_linear", &amx_int8_linear, "int8 x packed int8 on AMX tiles, rescaled + bias (fused)");
 }

@@ -1,0 +1,119 @@
+"""W8A8's int8 product on Intel AMX tiles, rescale and bias fused: leanformer's own kernel (``csrc/amx_int8.cpp``).
+
+oneDNN's packed int8 matmul (``onednn.py``) reaches about a third of this CPU's AMX peak on MiniLM's FFN shapes
+and hands back a float32 copy of the integer sums that the rescale then reads and rewrites. Our kernel keeps
+each 32x32 block of sums in L1 between the tiles and the rescale, and writes the output once. Measured on a
+Sapphire Rapids core at 576 rows (``benchmarks/bench_quant.py``'s kernel sweep): see docs/quant.md.
+
+The result is ``((float(acc) * row_scale) * col_scale) + bias`` with the exact int32 sum ``acc``, the same float32
+operations as ``torch._int_mm`` followed by the rescale, so W8A8 outputs are bit-identical whichever product
+runs. As for oneDNN, that is checked on this CPU before first use (``_probe_matches_reference``) and the path
+is switched off on any mismatch. It applies on CPUs with AMX-INT8, for weights with ``K % 64 == 0`` and
+``N % 16 == 0`` (every Linear of BERT-family models), float32 outputs and float32 (or no) bias.
+
+The weight is repacked once per module into the order the tiles read (``pack_amx_weight``): a plain int8
+tensor of N*K bytes held in the module's kernel cache, so unlike oneDNN's opaque layout it can be copied.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .cpu_features import cpu_has
+
+__all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
+           "amx_int8_linear"]
+
+TILE_ROWS = 16  # output columns per packed block (one B tile's width)
+TILE_DEPTH = 64  # K consumed by one tile product
+
+
+def amx_shape_ok(n: int, k: int) -> bool:
+    """True when a (N, K) weight fits the tile layout without padding."""
+    return n > 0 and k > 0 and n % TILE_ROWS == 0 and k % TILE_DEPTH == 0
+
+
+def pack_amx_weight(qweight: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 codes -> (N/16, K/64, 16, 64) int8: tile (n, k), row r, byte 4j + t holds w[16n + j, 64k + 4r + t].
+
+    That is the order the tile product reads its second operand in (four consecutive K values per column).
+    """
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise ValueError(f"pack_amx_weight expects a (N, K) int8 tensor, got {tuple(qweight.shape)} {qweight.dtype}")
+    n, k = qweight.shape
+    if not amx_shape_ok(n, k):
+        raise ValueError(f"pack_amx_weight needs N % {TILE_ROWS} == 0 and K % {TILE_DEPTH} == 0, got N={n}, K={k}")
+    blocks = qweight.reshape(n // TILE_ROWS, TILE_ROWS, k // TILE_DEPTH, TILE_DEPTH // 4, 4)  # [nb, j, kt, r, t]
+    return blocks.permute(0, 2, 3, 1, 4).contiguous().view(n // TILE_ROWS, k // TILE_DEPTH, TILE_ROWS, TILE_DEPTH)
+
+
+def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Tensor, col_scale: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32."""
+    from .native import native_ops
+
+    ops = native_ops()
+    if ops is None:
+        raise RuntimeError("amx_int8_linear needs leanformer's native CPU kernels, which are unavailable here")
+    return ops.amx_int8_linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
+                               _NO_BIAS if bias is None else bias.contiguous())
+
+
+_NO_BIAS = torch.empty(0)
+
+
+def _reference(xq, row_scale, w, col_scale, bias):
+    acc = (xq.to(torch.int64) @ w.to(torch.int64).t()).to(torch.int32)  # exact at any row count
+    y = acc.float().mul_(row_scale).mul_(col_scale)
+    return y if bias is None else y.add_(bias)
+
+
+def _probe_matches_reference() -> bool:
+    """Random codes, the extreme codes (sums past 2**24), partial row and column blocks, with and without bias."""
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in ((1, 64, 16), (17, 1536, 48), (40, 384, 32), (33, 128, 80)):
+        x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+        x[0], w[0], w[1] = 127, 127, -128
+        rs, cs = torch.rand(m, 1, generator=gen) + 0.01, torch.rand(n, generator=gen) + 0.01
+        for bias in (None, torch.randn(n, generator=gen)):
+            if not torch.equal(amx_int8_linear(x, rs, pack_amx_weight(w), cs, bias), _reference(x, rs, w, cs, bias)):
+                return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _check() -> tuple[bool, str]:
+    if not cpu_has("amx_tile"):  # torch has no AMX-INT8 probe; the build checks it (__AMX_INT8__ with -march=native)
+        return False, "off: this CPU has no AMX"
+    from .native import native_ops, native_status
+
+    ops = native_ops()
+    if ops is None:
+        return False, f"off: native kernels {native_status()}"
+    if not hasattr(ops, "amx_int8_ready") or not ops.amx_int8_ready():
+        status = ops.amx_int8_status() if hasattr(ops, "amx_int8_status") else "an older build without it"
+        return False, f"off: {status}"
+    try:
+        ok = _probe_matches_reference()
+    except RuntimeError as exc:
+        return False, f"unavailable: {str(exc).strip().splitlines()[0][:200]}"
+    if not ok:
+        return False, "off: the AMX product did not match the reference on this CPU"
+    return True, "on (leanformer AMX int8 kernel, rescale fused)"
+
+
+def amx_int8_available() -> bool:
+    """True when the AMX product runs here and matched the exact reference on the first-use probe."""
+    return _check()[0]
+
+
+def amx_int8_status(build: bool = True) -> str:
+    """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
+    if not build and _check.cache_info().currsize == 0:
+        from .native import native_built
+
+        if cpu_has("amx_tile") and not native_built():
+            return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
+    return _check()[1]
