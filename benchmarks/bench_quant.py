@@ -85,10 +85,13 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
                       _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
-    "w8a8": ("leanformer", "dynamic W8A8 per-token: AMX kernel with fused rescale on AMX CPUs, else oneDNN "
-                           "int8 matmul (torch._int_mm under 128 rows)", _ours(W8A8Config(), EMB8)),
+    "w8a8": ("leanformer", "dynamic W8A8 per-token: AMX kernel with fused rescale (+ GELU and the next "
+                           "quantization in the FFN) on AMX CPUs, else oneDNN int8 matmul (torch._int_mm under 128 "
+                           "rows)", _ours(W8A8Config(), EMB8)),
     "w8a8_eager": ("leanformer", "w8a8 with the native fused ops, AMX and oneDNN off (torch._int_mm)",
                    _policy(_ours(W8A8Config(), EMB8), native=False, amx_int8=False, onednn_int8=False)),
+    "w8a8_unfused": ("leanformer", "w8a8 without fuse_w8a8_ (GELU and its quantization as separate passes)",
+                     _ours(W8A8Config(fuse=False), EMB8)),
     "w8a8_onednn": ("leanformer", "w8a8 with oneDNN's packed int8 matmul instead of the AMX kernel",
                     _policy(_ours(W8A8Config(), EMB8), amx_int8=False)),
     "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of the AMX kernel / oneDNN",

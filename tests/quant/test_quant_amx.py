@@ -79,12 +79,15 @@ def test_native_op_rejects_mismatched_operands():
     packed = pack_amx_weight(torch.zeros(16, 64, dtype=torch.int8))
     with pytest.raises(RuntimeError, match="matching xq's K"):
         ops.amx_int8_linear(torch.zeros(2, 128, dtype=torch.int8), torch.ones(2, 1), packed, torch.ones(16),
-                            torch.empty(0))
+                            torch.empty(0), 0, False)
     with pytest.raises(RuntimeError, match="xq"):
-        ops.amx_int8_linear(torch.zeros(2, 64), torch.ones(2, 1), packed, torch.ones(16), torch.empty(0))
+        ops.amx_int8_linear(torch.zeros(2, 64), torch.ones(2, 1), packed, torch.ones(16), torch.empty(0), 0, False)
+    with pytest.raises(RuntimeError, match="activation"):
+        ops.amx_int8_linear(torch.zeros(2, 64, dtype=torch.int8), torch.ones(2, 1), packed, torch.ones(16),
+                            torch.empty(0), 7, False)
     with pytest.raises(RuntimeError, match="col_scale"):
         ops.amx_int8_linear(torch.zeros(2, 64, dtype=torch.int8), torch.ones(2, 1), packed, torch.ones(8),
-                            torch.empty(0))
+                            torch.empty(0), 0, False)
 
 
 def _w8a8(k=384, n=96, bias=True):

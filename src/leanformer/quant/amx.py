@@ -48,16 +48,28 @@ def pack_amx_weight(qweight: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 2, 3, 1, 4).contiguous().view(n // TILE_ROWS, k // TILE_DEPTH, TILE_ROWS, TILE_DEPTH)
 
 
+_ACTIVATIONS = {None: 0, "gelu": 1}
+
+
 def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Tensor, col_scale: torch.Tensor,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32."""
+                    bias: torch.Tensor | None = None, *, activation: str | None = None, quantize_output: bool = False):
+    """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32.
+
+    ``activation="gelu"`` applies the exact (erf) GELU in the same pass, to within a few float32 ulps of
+    ``F.gelu`` (``_GELU_ULPS``). ``quantize_output=True`` also returns the output's per-token int8 codes, computed
+    while each block is in cache: ``(out, codes, scale, finite)``, equal to ``quantize_rows(out)``.
+    """
     from .native import native_ops
 
     ops = native_ops()
     if ops is None:
         raise RuntimeError("amx_int8_linear needs leanformer's native CPU kernels, which are unavailable here")
-    return ops.amx_int8_linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
-                               _NO_BIAS if bias is None else bias.contiguous())
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(map(str, _ACTIVATIONS))}, got {activation!r}")
+    out, codes, scale, finite = ops.amx_int8_linear(xq.contiguous(), row_scale.contiguous(), packed,
+                                                    col_scale.contiguous(), _NO_BIAS if bias is None else bias.contiguous(),
+                                                    _ACTIVATIONS[activation], quantize_output)
+    return (out, codes, scale, bool(finite)) if quantize_output else out
 
 
 _NO_BIAS = torch.empty(0)

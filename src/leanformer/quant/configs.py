@@ -51,11 +51,13 @@ class WeightOnlyConfig(BaseConfig):
 
 @dataclasses.dataclass(frozen=True)
 class W8A8Config(BaseConfig):
-    """Dynamic W8A8: int8 per-channel weights, int8 per-token activations quantized at run time,
-    int8 x int8 -> int32 GEMM (``torch._int_mm``)."""
+    """Dynamic W8A8: int8 per-channel weights, int8 per-token activations quantized at run time, an exact
+    int8 x int8 -> int32 product (kernels.py picks AMX, oneDNN or ``torch._int_mm``). ``fuse``: run each
+    BERT-style feed-forward block's GELU and its next quantization inside the first GEMM (fusion.py)."""
 
     clip_search: bool = False
     scale_dtype: str = "float16"
+    fuse: bool = True
 
     def _validate(self) -> None:
         if self.scale_dtype not in _SCALE_DTYPES:

@@ -33,7 +33,7 @@ from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
            "fast_bf16_cpu", "quantize_per_token", "quantize_per_token_shared",
-           "prepare_shared", "quantize_activations", "native_ops_for"]
+           "prepare_shared", "offer_shared", "quantize_activations", "native_ops_for"]
 
 
 def fast_bf16_cpu() -> bool:
@@ -221,18 +221,35 @@ def prepare_shared(kind: str, x2: torch.Tensor, prepare):
     tensors have no version counter, and inputs that need gradients may be rewritten by autograd-visible
     code paths: neither is ever reused.
     """
-    # under torch.compile the identity/version test would be traced once and baked in: never reuse there
-    if (x2.is_inference() or x2.requires_grad or not _POLICY.share_prepared_inputs
-            or torch.compiler.is_compiling()):
+    if not _may_share(x2):
         return prepare(x2)
-    base = x2._base if x2._base is not None else x2
-    key = (x2.data_ptr(), tuple(x2.shape), x2.stride(), x2.dtype, x2.device, x2._version)
+    base, key = _identity(x2)
     slot = _LAST.slots.get(kind)
     if slot is not None and slot[0]() is base and slot[1] == key:
         return slot[2]
     result = prepare(x2)
     _LAST.slots[kind] = (weakref.ref(base), key, result)
     return result
+
+
+def offer_shared(kind: str, x2: torch.Tensor, result) -> None:
+    """Record ``result`` as the ``kind`` preparation of ``x2`` (computed by its producer, e.g. the int8 codes
+    of a W8A8 layer's output, fused into that layer's kernel), for the next ``prepare_shared`` to reuse."""
+    if _may_share(x2):
+        base, key = _identity(x2)
+        _LAST.slots[kind] = (weakref.ref(base), key, result)
+
+
+def _may_share(x2: torch.Tensor) -> bool:
+    # under torch.compile the identity/version test would be traced once and baked in: never reuse there
+    return not (x2.is_inference() or x2.requires_grad or not _POLICY.share_prepared_inputs
+                or torch.compiler.is_compiling())
+
+
+def _identity(x2: torch.Tensor):
+    """(the tensor owning the memory, the view's key): equal for the same, unchanged data."""
+    base = x2._base if x2._base is not None else x2
+    return base, (x2.data_ptr(), tuple(x2.shape), x2.stride(), x2.dtype, x2.device, x2._version)
 
 
 def native_ops_for(x2: torch.Tensor):
@@ -263,11 +280,31 @@ def quantize_per_token_shared(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 _NO_BIAS = torch.empty(0)
 
 
-def _w8a8(mod, x2, bias, out_dtype):
+def _w8a8(mod, x2, bias, out_dtype, activation=None, quantize_output=False):
     xq, xs = quantize_per_token_shared(x2)  # (M, K) int8, (M, 1)
     if out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and _amx_applies(mod, xq):
         packed = mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
-        return amx_int8_linear(xq, xs, packed, _w8a8_scale(mod).view(-1), bias)  # (M, N), rescaled, + bias
+        ws = _w8a8_scale(mod).view(-1)
+        quantize_output = quantize_output and _may_share(x2)
+        res = amx_int8_linear(xq, xs, packed, ws, bias, activation=activation, quantize_output=quantize_output)
+        if not quantize_output:
+            return res  # (M, N), rescaled, + bias, activated
+        y, codes, scale, finite = res
+        if finite:  # the next W8A8 layer reading y finds its codes ready (prepare_shared)
+            offer_shared("int8_per_token", y, (codes, scale))
+        return y
+    return _activate(_w8a8_unfused(mod, xq, xs, bias, out_dtype), activation)
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation is None:
+        return y
+    if activation == "gelu":
+        return F.gelu(y)
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def _w8a8_unfused(mod, xq, xs, bias, out_dtype):
     acc = _int8_product(mod, xq)  # (M, N): int32, or float32 holding the same integers (oneDNN)
     ops = native_ops_for(acc) if out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) else None
     if ops is not None:  # one fused sweep instead of cast, two multiplies and the bias add below
@@ -305,8 +342,15 @@ KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "w
 
 
 def run_kernel(name: str, mod, x2: torch.Tensor, bias: torch.Tensor | None = None,
-               out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(M, K) -> (M, N) plus ``bias``, in ``out_dtype`` (default: the input's dtype)."""
+               out_dtype: torch.dtype | None = None, *, activation: str | None = None,
+               quantize_output: bool = False) -> torch.Tensor:
+    """(M, K) -> act((M, N) plus ``bias``), in ``out_dtype`` (default: the input's dtype).
+
+    ``activation`` ("gelu" or None) is fused into the W8A8 AMX kernel and applied after the others;
+    ``quantize_output`` lets that kernel hand its output's int8 codes to the next W8A8 layer (``offer_shared``).
+    """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; known: {sorted(KERNELS)}")
-    return KERNELS[name](mod, x2, bias, out_dtype or x2.dtype)
+    if name == "w8a8":
+        return _w8a8(mod, x2, bias, out_dtype or x2.dtype, activation, quantize_output)
+    return _activate(KERNELS[name](mod, x2, bias, out_dtype or x2.dtype), activation)

@@ -21,7 +21,10 @@ from .packing import (NIBBLE_OFFSET, group_planar, pack_codes, packed_shape, unp
                       unpack_nibbles_to)
 from .qweight import QuantizedWeight, lookup
 
-__all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "QUANTIZED_MODULES", "set_activation_dtype_"]
+__all__ = ["QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "FusedActivation", "QUANTIZED_MODULES",
+           "FUSABLE_ACTIVATIONS", "set_activation_dtype_"]
+
+FUSABLE_ACTIVATIONS = (None, "gelu")  # "gelu": the exact (erf) GELU
 
 
 class _PackedWeightMixin(nn.Module):
@@ -159,10 +162,15 @@ class QuantizedLinear(_PackedWeightMixin):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, bits: int = 4,
                  group_size: int | None = None, symmetric: bool = True, codebook: bool = False,
                  act_bits: int | None = None, scale_dtype: torch.dtype = torch.float16, fmt: str = "int",
-                 device=None) -> None:
+                 activation: str | None = None, quantize_output: bool = False, device=None) -> None:
         super().__init__()
         if act_bits not in (None, 8):
             raise ValueError(f"act_bits must be None or 8, got {act_bits!r}")
+        if activation not in FUSABLE_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {FUSABLE_ACTIVATIONS}, got {activation!r}")
+        # set by fusion.fuse_w8a8_: the layer applies its parent's activation itself (fused into the W8A8 kernel
+        # where it runs), and hands its output's int8 codes on to the next W8A8 layer
+        self.activation, self.quantize_output = activation, quantize_output
         if act_bits == 8 and not (bits == 8 and symmetric and group_size is None and not codebook):
             raise ValueError("W8A8 needs 8-bit symmetric per-channel weights")
         self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
@@ -181,14 +189,18 @@ class QuantizedLinear(_PackedWeightMixin):
         return mod
 
     def spec(self) -> dict:
+        extra = {"activation": self.activation} if self.activation else {}  # absent keys: files before fusion
+        if self.quantize_output:
+            extra["quantize_output"] = True
         return {**super().spec(), "in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "act_bits": self.act_bits}
+                "bias": self.bias is not None, "act_bits": self.act_bits, **extra}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "QuantizedLinear":
         return cls(spec["in_features"], spec["out_features"], bias=spec["bias"], bits=spec["bits"],
                    group_size=spec["group_size"], symmetric=spec["symmetric"], codebook=spec["codebook"],
-                   act_bits=spec["act_bits"], scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"])
+                   act_bits=spec["act_bits"], scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"],
+                   activation=spec.get("activation"), quantize_output=spec.get("quantize_output", False))
 
     def forward(self, x: torch.Tensor, *, kernel: str | None = None) -> torch.Tensor:
         if not x.is_floating_point():
@@ -197,11 +209,13 @@ class QuantizedLinear(_PackedWeightMixin):
             raise ValueError(f"QuantizedLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         name = kernel or choose_kernel(self, x2.shape[0], x2)
-        y = run_kernel(name, self, x2, self.bias, x.dtype)  # (M, N)
+        y = run_kernel(name, self, x2, self.bias, x.dtype, activation=self.activation,
+                       quantize_output=self.quantize_output)  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         act = ", act_bits=8" if self.act_bits else ""
+        act += f", activation={self.activation}" if self.activation else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._storage_extra_repr()}{act}"
 
 
@@ -316,8 +330,32 @@ def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+class FusedActivation(nn.Module):
+    """Stands where an activation was that the preceding ``QuantizedLinear`` now applies itself (fusion.py):
+    the identity, kept as a module so that the model prints, saves and loads what it runs."""
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        if activation not in FUSABLE_ACTIVATIONS or activation is None:
+            raise ValueError(f"activation must be one of {FUSABLE_ACTIVATIONS[1:]}, got {activation!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def spec(self) -> dict:
+        return {"activation": self.activation}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "FusedActivation":
+        return cls(spec["activation"])
+
+    def extra_repr(self) -> str:
+        return f"{self.activation}, applied by the preceding QuantizedLinear"
+
+
 QUANTIZED_MODULES = {"QuantizedLinear": QuantizedLinear, "QuantizedConv2d": QuantizedConv2d,
-                     "QuantizedEmbedding": QuantizedEmbedding}
+                     "QuantizedEmbedding": QuantizedEmbedding, "FusedActivation": FusedActivation}
 
 
 def set_activation_dtype_(model: nn.Module, dtype: torch.dtype) -> nn.Module:

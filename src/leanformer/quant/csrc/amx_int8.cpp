@@ -17,7 +17,9 @@
 #include <torch/extension.h>
 
 #include "rescale_operands.h"
+#include "row_quant.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -89,17 +91,65 @@ void block_sums(const int8_t* a, int64_t lda, const int8_t* b0, const int8_t* b1
   }
 }
 
-// out[r, c] = ((float(acc[r, c]) * rs[r]) * cs[c]) + bias[c] for `rows` rows and 16 * `halves` columns
+// exp(u) for u <= 0: u = n ln2 + r with |r| <= ln2 / 2, a degree-6 Taylor polynomial in r (relative error
+// ~2e-8 there), scaled by 2^n; below -87 the result flushes to 0, which the one caller (erf) absorbs exactly.
+inline __m512 exp_nonpositive(__m512 u) {
+  u = _mm512_max_ps(u, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(u, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), u);  // ln2 in two parts: exact n * ln2_hi
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// GELU(x) = x / 2 * (1 + erf(x / sqrt 2)) with erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), the
+// same approximation torch's vectorised CPU erf uses; only the exp differs (ours above, Sleef's there), so
+// results agree with F.gelu to a few float32 ulps (bound tested in test_quant_amx.py), not bit for bit.
+inline __m512 gelu_erf(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.707106781f));
+  const __m512 az = _mm512_abs_ps(z);
+  const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), az, one));
+  __m512 poly = _mm512_fmadd_ps(_mm512_set1_ps(1.061405429f), t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z)));
+  const __m512 erf_abs = _mm512_fnmadd_ps(_mm512_mul_ps(poly, t), e, one);  // 1 - poly * t * exp(-z^2)
+  const __m512 erf = _mm512_or_ps(erf_abs, _mm512_and_ps(z, _mm512_set1_ps(-0.f)));  // sign of z
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(one, erf));
+}
+
+enum Activation : int64_t { kNone = 0, kGelu = 1 };
+
+// out[r, c] = act(((float(acc[r, c]) * rs[r]) * cs[c]) + bias[c]) for `rows` rows and 16 * `halves` columns
 void rescale_block(const int32_t* acc, int64_t rows, int halves, const float* rs, const float* cs, const float* bias,
-                   float* out, int64_t ldo) {
+                   int64_t act, float* out, int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r) {
     const __m512 row = _mm512_set1_ps(rs[r]);
     for (int h = 0; h < halves; ++h) {
       __m512 v = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + r * kBlock + h * kRows));  // exact RNE, like a cast
       v = _mm512_mul_ps(_mm512_mul_ps(v, row), _mm512_loadu_ps(cs + h * kRows));
       if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + h * kRows));
+      if (act == kGelu) v = gelu_erf(v);
       _mm512_storeu_ps(out + r * ldo + h * kRows, v);
     }
+  }
+}
+
+// Applies gelu_erf to n floats in place (the tests compare it with F.gelu)
+void gelu_inplace(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gelu_erf(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 mask = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, mask, gelu_erf(_mm512_maskz_loadu_ps(mask, x + i)));
   }
 }
 #endif
@@ -122,21 +172,27 @@ std::string amx_int8_status() {
 }
 
 // xq (M, K) int8 contiguous, row_scale (M, 1) float32, packed (N/16, K/64, 16, 64) int8, col_scale (N,) float32,
-// bias (N,) float32 or empty -> (M, N) float32
-torch::Tensor amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale, const torch::Tensor& packed,
-                              const torch::Tensor& col_scale, const torch::Tensor& bias) {
+// bias (N,) float32 or empty, activation (0 none, 1 GELU), quantize ->
+//   {out (M, N) float32, and when `quantize`: codes (M, N) int8, scale (M, 1), finite (bool)}, the codes being
+//   quantize_rows(out)'s, computed from each 32-row block while it is still in cache
+std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                           const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                           const torch::Tensor& bias, int64_t activation, bool quantize) {
   TORCH_CHECK(xq.device().is_cpu() && xq.scalar_type() == torch::kInt8 && xq.dim() == 2 && xq.is_contiguous(),
               "xq: contiguous (M, K) int8 on CPU");
   const int64_t rows = xq.size(0), depth = xq.size(1);
   TORCH_CHECK(packed.scalar_type() == torch::kInt8 && packed.dim() == 4 && packed.is_contiguous() &&
                   packed.size(1) * kDepth == depth && packed.size(2) == kRows && packed.size(3) == kDepth,
               "packed: (N/16, K/64, 16, 64) int8 matching xq's K");
+  TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
   const int64_t cols = packed.size(0) * kRows;
   const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
   auto out = torch::empty({rows, cols}, row_scale.options());
+  auto codes = torch::empty({quantize ? rows : 0, cols}, xq.options());
+  auto scale = torch::empty({quantize ? rows : 0, 1}, row_scale.options());
+  std::atomic<bool> finite{true};
 #ifdef LEANFORMER_HAVE_AMX
   TORCH_CHECK(request_tiles(), "AMX tiles unavailable: ", amx_int8_status());
-  if (rows == 0) return out;
   const int8_t* ap = xq.data_ptr<int8_t>();
   const int8_t* bp = packed.data_ptr<int8_t>();
   const float* rp = row_scale.data_ptr<float>();
@@ -146,14 +202,16 @@ torch::Tensor amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_
   const int64_t k_tiles = depth / kDepth, col_blocks = (cols + kBlock - 1) / kBlock;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock, units = row_blocks * col_blocks;
   const int64_t panel = depth * kRows;  // bytes of one packed 16-column block
-  // one row block per task when there are enough of them (A stays in L1 across its column blocks), else
-  // single blocks so that both cores get work on small batches
-  const int64_t grain = row_blocks >= 2 * at::get_num_threads() ? col_blocks : 1;
-  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+  // Work units are (row block, column block) pairs, row-major. Quantizing needs whole rows in one task, and
+  // A stays in L1 across a row's column blocks, so tasks hold whole row blocks - except for small batches
+  // without quantization, which are split by column block so that both cores get work.
+  const bool whole_rows = quantize || row_blocks >= 2 * at::get_num_threads();
+  at::parallel_for(0, whole_rows ? row_blocks : units, 1, [&](int64_t begin, int64_t end) {
     configure_tiles();  // tile configuration is per thread
     alignas(64) int32_t acc[kBlock * kBlock];
     std::vector<int8_t> padded;  // the last, partial row block, zero-filled to 32 rows
-    for (int64_t u = begin; u < end; ++u) {
+    const int64_t first = whole_rows ? begin * col_blocks : begin, last = whole_rows ? end * col_blocks : end;
+    for (int64_t u = first; u < last; ++u) {
       const int64_t m0 = (u / col_blocks) * kBlock, n0 = (u % col_blocks) * kBlock;
       const int64_t valid = std::min(kBlock, rows - m0);
       const int8_t* a = ap + m0 * depth;
@@ -167,13 +225,30 @@ torch::Tensor amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_
       const bool pair = n0 + kBlock <= cols;
       const int8_t* b0 = bp + (n0 / kRows) * panel;
       block_sums(a, depth, b0, b0 + panel, k_tiles, pair, acc);
-      rescale_block(acc, valid, pair ? 2 : 1, rp + m0, cp + n0, biasp ? biasp + n0 : nullptr, op + m0 * cols + n0,
-                    cols);
+      rescale_block(acc, valid, pair ? 2 : 1, rp + m0, cp + n0, biasp ? biasp + n0 : nullptr, activation,
+                    op + m0 * cols + n0, cols);
+      if (quantize && n0 + kBlock >= cols) {  // the row block is complete
+        for (int64_t m = m0; m < m0 + valid; ++m)
+          if (!quantize_row(op + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
+            finite = false;
+      }
     }
     _tile_release();
   });
 #else
   TORCH_CHECK(false, "amx_int8_linear: ", amx_int8_status());
 #endif
-  return out;
+  return {out, codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+}
+
+// x (M, N) float32 contiguous: GELU in place with the kernel's epilogue function (for tests)
+torch::Tensor amx_gelu_(torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+              "x: contiguous float32 on CPU");
+#ifdef LEANFORMER_HAVE_AMX
+  gelu_inplace(x.data_ptr<float>(), x.numel());
+#else
+  TORCH_CHECK(false, "amx_gelu_: ", amx_int8_status());
+#endif
+  return x;
 }

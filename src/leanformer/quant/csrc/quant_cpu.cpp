@@ -11,6 +11,7 @@
 #include <torch/extension.h>
 
 #include "rescale_operands.h"
+#include "row_quant.h"
 
 #include <atomic>
 
@@ -18,74 +19,10 @@
 #include <cstring>
 #include <cstdint>
 #include <string>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include <vector>
 
 constexpr int64_t kRowGrain = 16;     // rows per parallel task: enough work to pay for a thread hand-off
 constexpr int64_t kGroupGrain = 256;  // (row, group) blocks per task in the int4 unpack
-
-// One row of quantize_rows: absmax = max |x|, probe = sum(x * 0) (NaN iff the row holds a NaN or an inf), then
-// codes = round_half_even(x * inv). GCC vectorises the plain loops with one 8-wide accumulator that it spills to
-// the stack every iteration (seen in objdump), so on AVX512 CPUs the two sweeps are written out with 2x16-wide
-// accumulators; max, the probe and the RNE conversion are exact, so both versions give the same bits.
-#if defined(__AVX512F__)
-static inline __mmask16 tail_mask(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-}
-
-static inline void row_absmax_probe(const float* row, int64_t cols, float& absmax, float& probe) {
-  const __m512 zero = _mm512_setzero_ps();
-  __m512 m0 = zero, m1 = zero, p0 = zero, p1 = zero;
-  int64_t k = 0;
-  for (; k + 32 <= cols; k += 32) {
-    const __m512 a = _mm512_loadu_ps(row + k), b = _mm512_loadu_ps(row + k + 16);
-    m0 = _mm512_max_ps(m0, _mm512_abs_ps(a));
-    m1 = _mm512_max_ps(m1, _mm512_abs_ps(b));
-    p0 = _mm512_add_ps(p0, _mm512_mul_ps(a, zero));
-    p1 = _mm512_add_ps(p1, _mm512_mul_ps(b, zero));
-  }
-  for (; k < cols; k += 16) {
-    const __m512 a = _mm512_maskz_loadu_ps(tail_mask(cols - k), row + k);  // masked-off lanes read as 0
-    m0 = _mm512_max_ps(m0, _mm512_abs_ps(a));
-    p0 = _mm512_add_ps(p0, _mm512_mul_ps(a, zero));
-  }
-  absmax = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
-  probe = _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
-}
-
-static inline void row_codes(const float* row, int64_t cols, float inv, int8_t* out) {
-  const __m512 s = _mm512_set1_ps(inv);
-  int64_t k = 0;
-  for (; k + 16 <= cols; k += 16) {  // cvtps_epi32 rounds with MXCSR's default mode: to nearest, ties to even
-    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), s));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtsepi32_epi8(q));  // |q| <= 127: no saturation
-  }
-  if (k < cols) {
-    const __mmask16 mask = tail_mask(cols - k);
-    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + k), s));
-    _mm512_mask_cvtsepi32_storeu_epi8(out + k, mask, q);
-  }
-}
-#else
-static inline void row_absmax_probe(const float* row, int64_t cols, float& absmax, float& probe) {
-  float m = 0.f, p = 0.f;
-#pragma omp simd reduction(max : m) reduction(+ : p)
-  for (int64_t k = 0; k < cols; ++k) {
-    const float a = std::fabs(row[k]);
-    m = a > m ? a : m;
-    p += row[k] * 0.f;
-  }
-  absmax = m;
-  probe = p;
-}
-
-static inline void row_codes(const float* row, int64_t cols, float inv, int8_t* out) {
-#pragma omp simd
-  for (int64_t k = 0; k < cols; ++k) out[k] = static_cast<int8_t>(std::nearbyint(row[k] * inv));
-}
-#endif
 
 // x (M, K) float32, contiguous -> {codes (M, K) int8, scale (M, 1) float32, ok (bool: all finite)}.
 // scale = max(|x_row|, 1e-8) / 127; codes = round_half_even(x * ((1 / max) * 127)).
@@ -102,18 +39,10 @@ std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x) {
   // rows split over torch's intra-op threads (one thread when torch.set_num_threads(1))
   at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
-      const float* row = xp + m * cols;
-      float absmax, probe;
-      row_absmax_probe(row, cols, absmax, probe);
-      if (!(probe == 0.f)) {
+      if (!quantize_row(xp + m * cols, cols, qp + m * cols, sp + m)) {
         finite = false;
         return;
       }
-      absmax = absmax > 1e-8f ? absmax : 1e-8f;
-      // the eager code writes 127.0 / absmax, which torch evaluates as reciprocal(absmax) * 127 (two roundings)
-      const float inv = (1.f / absmax) * 127.f;
-      row_codes(row, cols, inv, qp + m * cols);
-      sp[m] = absmax / 127.f;
     }
   });
   return {codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
@@ -311,8 +240,10 @@ torch::Tensor group_sq_err(const torch::Tensor& w, const torch::Tensor& scale, c
 // amx_int8.cpp
 bool amx_int8_ready();
 std::string amx_int8_status();
-torch::Tensor amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale, const torch::Tensor& packed,
-                              const torch::Tensor& col_scale, const torch::Tensor& bias);
+std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                           const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                           const torch::Tensor& bias, int64_t activation, bool quantize);
+torch::Tensor amx_gelu_(torch::Tensor& x);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
@@ -323,5 +254,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_sq_err", &group_sq_err, "clip-search score: squared rounding error per group (fused)");
   m.def("amx_int8_ready", &amx_int8_ready, "True when the AMX int8 product can run in this process");
   m.def("amx_int8_status", &amx_int8_status, "why the AMX int8 product can or cannot run");
-  m.def("amx_int8_linear", &amx_int8_linear, "int8 x packed int8 on AMX tiles, rescaled + bias (fused)");
+  m.def("amx_int8_linear", &amx_int8_linear, "int8 x packed int8 on AMX tiles, rescale, bias, GELU, quantize (fused)");
+  m.def("amx_gelu_", &amx_gelu_, "the AMX kernel's GELU epilogue, in place (for tests)");
 }

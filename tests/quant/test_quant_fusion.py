@@ -1,0 +1,176 @@
+"""fuse_w8a8_: GELU and the next layer's quantization inside the W8A8 AMX kernel, against the unfused modules."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leanformer.quant import (QuantizedLinear, W8A8Config, WeightOnlyConfig, get_policy, load_quantized,
+                              quantize_, quantize_rtn, save_quantized, set_policy)
+from leanformer.quant import kernels
+from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
+from leanformer.quant.fusion import GELU_ABS_BOUND, fuse_w8a8_
+from leanformer.quant.modules import FusedActivation
+
+transformers = pytest.importorskip("transformers")
+needs_amx = pytest.mark.skipif(not amx_int8_available(), reason=f"AMX int8: {amx_int8_status()}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_policy():
+    before = {k: getattr(get_policy(), k) for k in ("amx_int8", "onednn_int8", "native")}
+    yield
+    set_policy(**before)
+
+
+def _ops():
+    from leanformer.quant.native import native_ops
+
+    return native_ops()
+
+
+@needs_amx
+def test_gelu_epilogue_is_within_its_bound_of_f_gelu():
+    x = torch.cat([torch.linspace(-12, 12, 400_001), torch.randn(200_000) * 3,
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 100.0, -100.0, 87.0, -87.0])])
+    got = _ops().amx_gelu_(x.clone())
+    assert (got - F.gelu(x)).abs().max() <= GELU_ABS_BOUND
+    exact = x.double() * 0.5 * (1 + torch.erf(x.double() / 2 ** 0.5))
+    assert (got.double() - exact).abs().max() <= 1e-6  # as close to the true GELU as torch's own (~1.2e-6)
+    large = (x == 100.0) | (x == 87.0)
+    assert torch.equal(got[large], x[large])  # GELU(x) = x for large x, exactly
+
+
+def _codes(m=40, k=128, n=80, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    rs, cs, b = torch.rand(m, 1, generator=gen) * 1e-3, torch.rand(n, generator=gen) * 1e-2, torch.randn(n, generator=gen)
+    return x, rs, pack_amx_weight(w), cs, b
+
+
+@needs_amx
+@pytest.mark.parametrize("m", [1, 33, 100])
+def test_fused_gelu_is_the_epilogue_applied_to_the_exact_product(m):
+    x, rs, p, cs, b = _codes(m=m)
+    plain = amx_int8_linear(x, rs, p, cs, b)
+    assert torch.equal(amx_int8_linear(x, rs, p, cs, b, activation="gelu"), _ops().amx_gelu_(plain.clone()))
+
+
+@needs_amx
+@pytest.mark.parametrize("m", [1, 31, 100])
+def test_fused_output_codes_equal_quantizing_the_output(m):
+    x, rs, p, cs, b = _codes(m=m, n=160)
+    out, codes, scale, finite = amx_int8_linear(x, rs, p, cs, b, activation="gelu", quantize_output=True)
+    want_codes, want_scale, want_finite = _ops().quantize_rows(out)
+    assert finite and bool(want_finite)
+    assert torch.equal(codes, want_codes) and torch.equal(scale, want_scale)
+
+
+@needs_amx
+def test_non_finite_outputs_are_flagged():
+    x, rs, p, cs, b = _codes()
+    rs[3] = float("nan")
+    *_, finite = amx_int8_linear(x, rs, p, cs, b, quantize_output=True)
+    assert not finite
+
+
+def test_bad_activation_is_refused():
+    x, rs, p, cs, b = _codes()
+    with pytest.raises(ValueError, match="activation"):
+        amx_int8_linear(x, rs, p, cs, b, activation="relu")
+    with pytest.raises(ValueError, match="activation"):
+        QuantizedLinear(64, 64, bits=8, act_bits=8, activation="tanh")
+
+
+def _bert(act="gelu", layers=2):
+    cfg = transformers.BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                                  intermediate_size=256, max_position_embeddings=40, hidden_act=act)
+    torch.manual_seed(0)
+    return transformers.BertModel(cfg).eval()
+
+
+IDS = torch.randint(0, 97, (6, 13), generator=torch.Generator().manual_seed(1))
+
+
+def _count_quantizations(monkeypatch):
+    calls = []
+    real = kernels.quantize_activations
+    monkeypatch.setattr(kernels, "quantize_activations", lambda t: (calls.append(tuple(t.shape)), real(t))[1])
+    return calls
+
+
+@needs_amx
+def test_fused_bert_matches_unfused_and_skips_a_quantization(monkeypatch):
+    fused, plain = _bert(), _bert()
+    report = quantize_(fused, W8A8Config())
+    quantize_(plain, W8A8Config(fuse=False))
+    assert report.fused == 2 and "fused GELU into 2" in report.summary()
+    block = fused.encoder.layer[0].intermediate
+    assert isinstance(block.intermediate_act_fn, FusedActivation)
+    assert block.dense.activation == "gelu" and block.dense.quantize_output
+    calls = _count_quantizations(monkeypatch)
+    with torch.no_grad():
+        want = plain(input_ids=IDS).last_hidden_state
+        n_plain = len(calls)
+        got = fused(input_ids=IDS).last_hidden_state
+    assert len(calls) - n_plain == n_plain - 2  # each layer's output.dense reused the codes handed over
+    # the GELUs differ by <= GELU_ABS_BOUND, which can flip an int8 code at a rounding tie: close, not equal
+    cos = F.cosine_similarity(got.flatten(0, 1), want.flatten(0, 1), dim=-1)
+    assert cos.min() > 0.999
+
+
+@needs_amx
+def test_other_kernels_apply_f_gelu_after_the_product():
+    fused, plain = _bert(), _bert()
+    quantize_(fused, W8A8Config())
+    quantize_(plain, W8A8Config(fuse=False))
+    set_policy(amx_int8=False)
+    with torch.no_grad():
+        assert torch.equal(fused(input_ids=IDS).last_hidden_state, plain(input_ids=IDS).last_hidden_state)
+
+
+@needs_amx
+def test_an_activation_edited_in_between_is_quantized_afresh():
+    lin1, lin2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+    up = QuantizedLinear.from_float(lin1, quantize_rtn(lin1.weight, bits=8), act_bits=8)
+    down = QuantizedLinear.from_float(lin2, quantize_rtn(lin2.weight, bits=8), act_bits=8)
+    up.activation, up.quantize_output = "gelu", True
+    x = torch.randn(40, 64)
+    with torch.no_grad():
+        h = up(x)
+        h.mul_(-1)  # in place: the offered codes are now stale
+        got = down(h)
+        kernels._LAST.slots.clear()
+        want = down(h.clone())
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("act", ["gelu_new", "relu"])
+def test_other_activations_are_left_alone(act):
+    model = _bert(act=act)
+    assert quantize_(model, W8A8Config()).fused == 0
+    assert not any(isinstance(m, FusedActivation) for m in model.modules())
+
+
+def test_weight_only_layers_are_left_alone():
+    model = _bert()
+    quantize_(model, WeightOnlyConfig(bits=8))
+    assert fuse_w8a8_(model) == 0
+
+
+def test_fusing_twice_is_a_no_op():
+    model = _bert()
+    quantize_(model, W8A8Config())
+    assert fuse_w8a8_(model) == 0
+
+
+def test_fusion_survives_save_and_load(tmp_path):
+    model = _bert()
+    quantize_(model, W8A8Config())
+    with torch.no_grad():
+        want = model(input_ids=IDS).last_hidden_state
+    save_quantized(model, tmp_path / "ck")
+    loaded = load_quantized(tmp_path / "ck")
+    block = loaded.encoder.layer[1].intermediate
+    assert isinstance(block.intermediate_act_fn, FusedActivation) and block.dense.activation == "gelu"
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=IDS).last_hidden_state, want)
