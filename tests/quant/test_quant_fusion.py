@@ -151,6 +151,11 @@ def test_other_activations_are_left_alone(act):
     assert not any(isinstance(m, FusedActivation) for m in model.modules())
 
 
+def test_config_rejects_a_non_bool_fuse():
+    with pytest.raises(ValueError, match="fuse"):
+        W8A8Config(fuse="yes")
+
+
 def test_weight_only_layers_are_left_alone():
     model = _bert()
     quantize_(model, WeightOnlyConfig(bits=8))

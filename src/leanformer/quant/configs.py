@@ -62,6 +62,8 @@ class W8A8Config(BaseConfig):
     def _validate(self) -> None:
         if self.scale_dtype not in _SCALE_DTYPES:
             self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
+        if not isinstance(self.fuse, bool):
+            self._fail("fuse", self.fuse, "must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
