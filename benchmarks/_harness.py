@@ -20,6 +20,27 @@ FIELDS = ["op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p20"
           "config", "device", "torch", "leanformer", "timestamp"]
 
 
+def keep_freed_memory_mapped() -> bool:
+    """glibc only: stop malloc from unmapping freed blocks and trimming the heap (``mallopt``), so that the
+    next forward's large activations reuse mapped pages instead of page-faulting them in again. Applies to
+    every model in the process alike (baselines too). The same as starting Python with
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647``. Returns False where it does not apply."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        # 32 MiB is glibc's ceiling for the mmap threshold on 64-bit; setting it also freezes glibc's dynamic one
+        int_max = (1 << 31) - 1
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, int_max))
+    except (OSError, AttributeError):
+        return False
+
+
 def time_fn(fn: Callable[[], object], *, warmup: int = 2, reps: int = 7) -> tuple[float, float, float]:
     """Wall-clock seconds of ``fn()``: (p20, p50, p80) over ``reps`` runs after ``warmup``."""
     for _ in range(warmup):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import Rows, time_fn  # noqa: E402
+from _harness import Rows, keep_freed_memory_mapped, time_fn  # noqa: E402
 
 from leanformer.models import build_model, minilm_dir  # noqa: E402
 from leanformer.quant import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config,  # noqa: E402
@@ -227,9 +227,14 @@ def main() -> int:
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-kernel row sweep")
     ap.add_argument("--reps", type=int, default=None, help="timing rounds per method (default 9, --quick 3); more "
                     "rounds span more of the machine's load drift")
+    ap.add_argument("--keep-memory-mapped", action="store_true",
+                    help="glibc: keep freed memory mapped (mallopt), for every model alike: fewer page faults on the "
+                    "large activations; see docs/quant.md")
     ap.add_argument("--csv", default="quant", help="results file name under benchmarks/results/ (default quant)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.keep_memory_mapped and not keep_freed_memory_mapped():
+        print("--keep-memory-mapped: mallopt is not available here (not glibc?); running without", file=sys.stderr)
     from transformers import AutoTokenizer
 
     reps = args.reps or (3 if args.quick else 9)
