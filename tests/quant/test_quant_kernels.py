@@ -107,13 +107,16 @@ def test_auto_choice_by_rows_and_format():
     int4 = _module(48, 64, bits=4, group_size=32)
     odd = _module(7, 13, bits=4)
     x = torch.randn(1, 64)
+    from leanformer.quant.amx import amx_w4_available
+
+    int4_batch = "amx_w4" if amx_w4_available() else "dequant"  # leanformer's AMX kernel where it runs
     assert choose_kernel(int4, 1, x) == "int4pack"
-    assert choose_kernel(int4, 96, x) == "int4pack" and choose_kernel(int4, 97, x) == "dequant"
+    assert choose_kernel(int4, 96, x) == "int4pack" and choose_kernel(int4, 97, x) == int4_batch
     int8 = _module(48, 64, bits=8)
     assert choose_kernel(int8, 32, x) == "int8pack" and choose_kernel(int8, 33, x) == "dequant"
     assert choose_kernel(odd, 1, torch.randn(1, 13)) == "dequant"
     set_policy(allow_pack_kernels=False)
-    assert choose_kernel(int4, 1, x) == "dequant"
+    assert choose_kernel(int4, 1, x) == int4_batch
 
 
 def test_input_shapes_and_bad_input():

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .amx import amx_int8_available, amx_int8_linear, amx_shape_ok, pack_amx_weight
+from .amx import (amx_int8_available, amx_int8_linear, amx_shape_ok, amx_w4_available, amx_w4_linear,
+                  amx_w4_shape_ok, pack_amx_int4, pack_amx_weight)
 from .cpu_features import cpu_has
 from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
 
@@ -74,6 +75,9 @@ class KernelPolicy:
     # W8A8 through leanformer's AMX kernel (amx.py), rescale and bias fused, at any row count: bit-identical,
     # 1.2-3.6x faster than oneDNN + rescale on MiniLM's shapes (Sapphire Rapids, 1 thread); N*K bytes per layer
     amx_int8: bool = True
+    # int4 weight-only layers above int4_rows rows through leanformer's AMX bf16 kernel (amx.py): codes unpacked
+    # in cache instead of to memory, float32 sums (not bf16-rounded ones as oneDNN's bf16 GEMM returns)
+    amx_w4: bool = True
 
 
 _POLICY = KernelPolicy()
@@ -123,7 +127,17 @@ def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
             return "int8pack"
         if rows <= _POLICY.int4_rows and _int4pack_ok(mod):
             return "int4pack"
+    # bf16 activations, as the dequant path would use them (compute_dtype "auto" on this CPU, or "bfloat16")
+    if (_POLICY.amx_w4 and x.dtype in (torch.float32, torch.bfloat16) and _compute_dtype(x) == torch.bfloat16
+            and _amx_w4_ok(mod) and native_ops_for(x) is not None and amx_w4_available()):
+        return "amx_w4"
     return "dequant"
+
+
+def _amx_w4_ok(mod) -> bool:
+    gs = mod.in_features if mod.group_size is None else mod.group_size
+    return (mod.bits == 4 and mod.codebook is None and mod.act_bits is None
+            and amx_w4_shape_ok(mod.out_features, mod.in_features, gs))
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -186,6 +200,27 @@ def _build_int4pack(mod):
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
     sz = torch.stack([mod.scale.float().T, m.T], dim=-1).to(torch.bfloat16).contiguous()  # (G, N, 2)
     return packed, sz
+
+
+def _amx_w4(mod, x2, bias, out_dtype):
+    gs = mod.in_features if mod.group_size is None else mod.group_size
+    codes, zero, scale = mod.kernel_cache("amx_w4", lambda: _build_amx_w4(mod))
+    xb = x2 if x2.dtype == torch.bfloat16 else prepare_shared(f"cast_{torch.bfloat16}", x2, lambda t: t.to(torch.bfloat16))
+    y = amx_w4_linear(xb, codes, zero, scale, gs, None if bias is None else bias.float())  # (M, N) float32
+    return y if out_dtype == torch.float32 else y.to(out_dtype)
+
+
+def _build_amx_w4(mod):
+    """Tile-ordered codes and (G, N) float32 tables of the bf16 zero points and scales the reference uses."""
+    from .packing import NIBBLE_OFFSET
+
+    groups = mod.scale.shape[1]
+    if mod.zero is not None:
+        zero = mod.zero.to(torch.bfloat16).float().t()
+    else:  # signed codes are stored with an offset of 8 (raw nibbles), which the reference subtracts
+        zero = torch.full((groups, mod.out_features), float(NIBBLE_OFFSET if mod.signed else 0))
+    scale = mod.scale.to(torch.bfloat16).float().t()
+    return pack_amx_int4(mod.raw_nibbles()), zero.contiguous(), scale.contiguous()
 
 
 def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,7 +373,7 @@ def _w8a8_scale(mod) -> torch.Tensor:
     return mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1).contiguous())
 
 
-KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "w8a8": _w8a8}
+KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "amx_w4": _amx_w4, "w8a8": _w8a8}
 
 
 def run_kernel(name: str, mod, x2: torch.Tensor, bias: torch.Tensor | None = None,

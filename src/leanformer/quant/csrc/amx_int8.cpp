@@ -25,72 +25,12 @@
 #include <string>
 #include <vector>
 
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512F__) && defined(__linux__)
-#define LEANFORMER_HAVE_AMX 1
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
+#include "amx_tiles.h"
 
 namespace {
-constexpr int64_t kRows = 16;    // rows of one tile
-constexpr int64_t kDepth = 64;   // int8 products per tile row: K consumed by one TDPBSSD
-constexpr int64_t kBlock = 32;   // output rows (and columns) per 2x2 block of accumulator tiles
-constexpr int64_t kTileBytes = kRows * kDepth;
+using namespace amx;
 
 #ifdef LEANFORMER_HAVE_AMX
-// Linux hands out the 8 KB of tile state only on request, once per process (arch_prctl ARCH_REQ_XCOMP_PERM).
-bool request_tiles() {
-  constexpr long kReqXcompPerm = 0x1023, kXfeatureTileData = 18;
-  static const bool granted = syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureTileData) == 0;
-  return granted;
-}
-
-struct TileConfig {  // the 64-byte operand of LDTILECFG, palette 1
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// tiles 0-3: int32 accumulators C[rows 0-15 | 16-31][cols 0-15 | 16-31]; 4-5: A row halves; 6-7: B column halves
-void configure_tiles() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = kRows;
-    cfg.colsb[t] = kDepth;  // 64 bytes: 16 int32 accumulators, 64 int8 of A, or 16 columns x 4 int8 of B
-  }
-  _tile_loadconfig(&cfg);
-}
-
-// sums for one 32x32 block (or 32x16 when `pair` is false): a (32, K) rows of A, b0/b1 the packed 16-column
-// blocks -> acc (32, 32) int32
-void block_sums(const int8_t* a, int64_t lda, const int8_t* b0, const int8_t* b1, int64_t k_tiles, bool pair,
-                int32_t* acc) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    _tile_loadd(4, a + kt * kDepth, lda);
-    _tile_loadd(5, a + kRows * lda + kt * kDepth, lda);
-    _tile_loadd(6, b0 + kt * kTileBytes, kDepth);
-    _tile_dpbssd(0, 4, 6);
-    _tile_dpbssd(2, 5, 6);
-    if (pair) {
-      _tile_loadd(7, b1 + kt * kTileBytes, kDepth);
-      _tile_dpbssd(1, 4, 7);
-      _tile_dpbssd(3, 5, 7);
-    }
-  }
-  constexpr int64_t ld = kBlock * sizeof(int32_t);
-  _tile_stored(0, acc, ld);
-  _tile_stored(2, acc + kRows * kBlock, ld);
-  if (pair) {
-    _tile_stored(1, acc + kRows, ld);
-    _tile_stored(3, acc + kRows * kBlock + kRows, ld);
-  }
-}
-
 // exp(u) for u <= 0: u = n ln2 + r with |r| <= ln2 / 2, a degree-6 Taylor polynomial in r (relative error
 // ~2e-8 there), scaled by 2^n; below -87 the result flushes to 0, which the one caller (erf) absorbs exactly.
 inline __m512 exp_nonpositive(__m512 u) {
@@ -224,7 +164,7 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
       }
       const bool pair = n0 + kBlock <= cols;
       const int8_t* b0 = bp + (n0 / kRows) * panel;
-      block_sums(a, depth, b0, b0 + panel, k_tiles, pair, acc);
+      block_sums<Dot::kInt8>(a, depth, b0, b0 + panel, k_tiles, pair, acc);
       rescale_block(acc, valid, pair ? 2 : 1, rp + m0, cp + n0, biasp ? biasp + n0 : nullptr, activation,
                     op + m0 * cols + n0, cols);
       if (quantize && n0 + kBlock >= cols) {  // the row block is complete

@@ -1,0 +1,163 @@
+// Weight-only int4 layers on Intel AMX tiles: bf16 activations x int4 weights unpacked to bf16 in cache, fp32
+// accumulation, bias fused (loaded by leanformer.quant.native; the Python side is leanformer.quant.amx).
+//
+// The batch path it replaces unpacks the whole weight to bf16 in memory on every call (N*K*2 bytes written and
+// read back), runs oneDNN's bf16 GEMM, which rounds its output to bf16, and adds the bias in a third pass.
+// Here each panel of up to 128 output columns is unpacked once per call into a buffer that stays in L2, every
+// 32-row block of the activations is multiplied against it (tile product TDPBF16PS), and each 32x32 block of
+// float32 sums gets its bias in L1 and is written once.
+//
+// Arithmetic: the unpacked weight is exactly the reference's, w = bf16(bf16(q - z) * s) with z and s already
+// bf16 (QuantizedLinear.dequantized_weight(torch.bfloat16)); bf16 x bf16 products are exact in float32 and are
+// summed in float32, so the result differs from float32 F.linear(x_bf16, w_bf16) only by the order of the
+// float32 sum (bound tested in test_quant_amx_w4.py) - closer to it than the bf16-rounded output of the path
+// it replaces.
+//
+// Code layout (amx.py, pack_amx_int4): (N/16, K/32, 16, 16) uint8; byte (n, k, r, j) holds q[16n + j, 32k + 2r]
+// in its low nibble and q[16n + j, 32k + 2r + 1] in its high one, so one 16-byte row unpacks straight into a
+// B tile row (16 columns x 2 consecutive K, the pair order TDPBF16PS reads). zero / scale: (G, N) float32
+// holding bf16 values. Needs N % 16 == 0, K % 32 == 0 and a group size that is a multiple of 32.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "amx_tiles.h"
+
+namespace {
+using namespace amx;
+constexpr int64_t kPairDepth = 32;                 // K consumed by one TDPBF16PS (16 rows of bf16 pairs)
+constexpr int64_t kPanelBlocks = 8;                // 16-column blocks unpacked together: 128 columns
+constexpr int64_t kCodeTile = kRows * kRows;       // code bytes per 16-column x 32-K tile
+constexpr int64_t kWeightTile = kRows * kRows * 2;  // bf16 values per unpacked tile
+
+#ifdef LEANFORMER_HAVE_AMX_BF16
+// One 16-column block of codes (K/32 tiles) -> bf16 B tiles, w = bf16(bf16(q - z) * s); zero / scale point at
+// this block's 16 columns of group 0, `ld` floats apart per group.
+void unpack_block(const uint8_t* codes, const float* zero, const float* scale, int64_t ld, int64_t k_tiles,
+                  int64_t tiles_per_group, uint16_t* out) {
+  const __m512i low = _mm512_set1_epi32(0xF);
+  // lane 2j + t of a tile row is column j: spread each column's zero point / scale over its two lanes
+  const __m512i spread_lo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  const __m512i spread_hi = _mm512_add_epi32(spread_lo, _mm512_set1_epi32(8));
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    const int64_t g = kt / tiles_per_group;
+    const __m512 z = _mm512_loadu_ps(zero + g * ld), s = _mm512_loadu_ps(scale + g * ld);
+    const __m512 z0 = _mm512_permutexvar_ps(spread_lo, z), z1 = _mm512_permutexvar_ps(spread_hi, z);
+    const __m512 s0 = _mm512_permutexvar_ps(spread_lo, s), s1 = _mm512_permutexvar_ps(spread_hi, s);
+    const uint8_t* tile = codes + kt * kCodeTile;
+    uint16_t* dst = out + kt * kWeightTile;
+    for (int64_t r = 0; r < kRows; ++r) {
+      // 16 bytes -> 32 nibbles in lane order (j0 lo, j0 hi, j1 lo, ...): byte j's nibbles go to lanes 2j, 2j + 1
+      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tile + r * kRows)));
+      const __m512i lo = _mm512_and_si512(bytes, low), hi = _mm512_srli_epi32(bytes, 4);
+      // columns 0-7 interleaved (lanes 0-15) and 8-15 (lanes 16-31)
+      const __m512i q0 = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                                                        17, 1, 16, 0), hi);
+      const __m512i q1 = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26,
+                                                                        10, 25, 9, 24, 8), hi);
+      // bf16(q - z): round to bf16 and back, then times s, rounded again by the final conversion
+      const __m512bh d = _mm512_cvtne2ps_pbh(_mm512_sub_ps(_mm512_cvtepi32_ps(q1), z1),
+                                             _mm512_sub_ps(_mm512_cvtepi32_ps(q0), z0));
+      const __m512i di = reinterpret_cast<const __m512i&>(d);
+      const __m512 d0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(di)), 16));
+      const __m512 d1 = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(di, 1)), 16));
+      const __m512bh w = _mm512_cvtne2ps_pbh(_mm512_mul_ps(d1, s1), _mm512_mul_ps(d0, s0));
+      _mm512_storeu_si512(dst + r * 2 * kRows, reinterpret_cast<const __m512i&>(w));
+    }
+  }
+}
+
+void add_bias_store(const float* acc, int64_t rows, int halves, const float* bias, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int h = 0; h < halves; ++h) {
+      __m512 v = _mm512_loadu_ps(acc + r * kBlock + h * kRows);
+      if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + h * kRows));
+      _mm512_storeu_ps(out + r * ldo + h * kRows, v);
+    }
+}
+#endif
+}  // namespace
+
+// x (M, K) bfloat16 contiguous, codes (N/16, K/32, 16, 16) uint8, zero / scale (G, N) float32, group_size,
+// bias (N,) float32 or empty -> (M, N) float32
+torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
+                            const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() == 2 && x.is_contiguous(),
+              "x: contiguous (M, K) bfloat16 on CPU");
+  const int64_t rows = x.size(0), depth = x.size(1);
+  TORCH_CHECK(codes.scalar_type() == torch::kUInt8 && codes.dim() == 4 && codes.is_contiguous() &&
+                  codes.size(1) * kPairDepth == depth && codes.size(2) == kRows && codes.size(3) == kRows,
+              "codes: (N/16, K/32, 16, 16) uint8 matching x's K");
+  const int64_t cols = codes.size(0) * kRows;
+  TORCH_CHECK(group_size > 0 && group_size % kPairDepth == 0 && depth % group_size == 0,
+              "group_size: a multiple of 32 dividing K");
+  const int64_t groups = depth / group_size;
+  for (const auto* t : {&zero, &scale})
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 2 && t->size(0) == groups && t->size(1) == cols &&
+                    t->is_contiguous(), "zero / scale: (G, N) float32");
+  const bool has_bias = bias.numel() > 0;
+  TORCH_CHECK(!has_bias || (bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous()),
+              "bias: (N,) float32");
+  auto out = torch::empty({rows, cols}, scale.options());
+#ifdef LEANFORMER_HAVE_AMX_BF16
+  TORCH_CHECK(request_tiles(), "AMX tiles unavailable (arch_prctl XCOMP_PERM refused)");
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const float* zp = zero.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t k_tiles = depth / kPairDepth, tiles_per_group = group_size / kPairDepth;
+  const int64_t col_blocks16 = cols / kRows, row_blocks = (rows + kBlock - 1) / kBlock;
+  const int64_t panels = (col_blocks16 + kPanelBlocks - 1) / kPanelBlocks;
+  const int64_t block_values = k_tiles * kWeightTile;  // bf16 values of one unpacked 16-column block
+  // tasks are column panels: each thread unpacks its own panels once and runs every row block against them
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    configure_tiles();
+    alignas(64) float acc[kBlock * kBlock];
+    std::vector<uint16_t> panel(kPanelBlocks * block_values);
+    std::vector<uint16_t> padded;  // the last, partial row block, zero-filled to 32 rows
+    const int64_t tail = rows % kBlock;
+    if (tail) {
+      padded.assign(kBlock * depth, 0);
+      std::memcpy(padded.data(), xp + (rows - tail) * depth, tail * depth * sizeof(uint16_t));
+    }
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t first = p * kPanelBlocks, count = std::min(kPanelBlocks, col_blocks16 - first);
+      for (int64_t b = 0; b < count; ++b) {
+        const int64_t n0 = (first + b) * kRows;
+        unpack_block(cp + (first + b) * k_tiles * kCodeTile, zp + n0, sp + n0, cols, k_tiles, tiles_per_group,
+                     panel.data() + b * block_values);
+      }
+      for (int64_t rb = 0; rb < row_blocks; ++rb) {
+        const int64_t m0 = rb * kBlock, valid = std::min(kBlock, rows - m0);
+        const uint16_t* a = valid < kBlock ? padded.data() : xp + m0 * depth;
+        for (int64_t b = 0; b < count; b += 2) {
+          const bool pair = b + 1 < count;
+          const uint16_t* b0 = panel.data() + b * block_values;
+          block_sums<Dot::kBf16>(a, depth * 2, b0, b0 + block_values, k_tiles, pair, acc);
+          const int64_t n0 = (first + b) * kRows;
+          add_bias_store(acc, valid, pair ? 2 : 1, bp ? bp + n0 : nullptr, op + m0 * cols + n0, cols);
+        }
+      }
+    }
+    _tile_release();
+  });
+#else
+  TORCH_CHECK(false, "amx_w4_linear: built without AMX-BF16 (this CPU or compiler has none)");
+#endif
+  return out;
+}
+
+bool amx_w4_ready() {
+#ifdef LEANFORMER_HAVE_AMX_BF16
+  return request_tiles();
+#else
+  return false;
+#endif
+}
