@@ -172,3 +172,17 @@ def test_status_without_building_says_not_checked(monkeypatch, fresh_check):
     monkeypatch.setattr(amx, "cpu_has", lambda *names: True)
     monkeypatch.setattr(native, "native_built", lambda: False)
     assert amx_int8_status(build=False).startswith("not checked yet")
+
+
+@needs_amx
+@pytest.mark.parametrize("m", [1, 33, 200])
+def test_two_threads_give_the_same_bits(m):
+    x, w = torch.randint(-128, 128, (m, 384), dtype=torch.int8), torch.randint(-128, 128, (96, 384), dtype=torch.int8)
+    rs, cs = torch.rand(m, 1), torch.rand(96)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = amx_int8_linear(x, rs, pack_amx_weight(w), cs)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, _reference(x, rs, w, cs, None))

@@ -112,3 +112,19 @@ def test_formats_off_the_layout_keep_the_dequant_path():
                 _module(100, 48, None, symmetric=False)):  # K % 32 != 0
         choice = kernels.choose_kernel(mod, 200, torch.randn(200, mod.in_features))
         assert choice == ("amx_w4" if mod.in_features % 32 == 0 and amx_w4_available() else "dequant")
+
+
+@needs_amx
+@pytest.mark.parametrize("m", [1, 33, 200])
+def test_two_threads_split_panels_and_rows_within_the_bound(m):
+    mod = _module(384, 384, 64, symmetric=False)
+    codes, zero, scale = _tables(mod)
+    x = torch.randn(m, 384).to(torch.bfloat16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = amx_w4_linear(x, codes, zero, scale, 64, mod.bias)
+    finally:
+        torch.set_num_threads(before)
+    ref, bound = w4_reference(x, mod.dequantized_weight(torch.bfloat16), mod.bias)
+    assert bool(((got - ref).abs() <= bound).all())
