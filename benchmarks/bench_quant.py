@@ -90,7 +90,7 @@ METHODS = {  # name -> (provider, description, function model -> model)
                            "rows)", _ours(W8A8Config(), EMB8)),
     "w8a8_eager": ("leanformer", "w8a8 with the native fused ops, AMX and oneDNN off (torch._int_mm)",
                    _policy(_ours(W8A8Config(), EMB8), native=False, amx_int8=False, onednn_int8=False)),
-    "w8a8_unfused": ("leanformer", "w8a8 without fuse_w8a8_ (GELU and its quantization as separate passes)",
+    "w8a8_unfused": ("leanformer", "w8a8 without fuse_feed_forward_ (GELU and its quantization as separate passes)",
                      _ours(W8A8Config(fuse=False), EMB8)),
     "w8a8_onednn": ("leanformer", "w8a8 with oneDNN's packed int8 matmul instead of the AMX kernel",
                     _policy(_ours(W8A8Config(), EMB8), amx_int8=False)),

@@ -1,4 +1,5 @@
-"""fuse_w8a8_: GELU and the next layer's quantization inside the W8A8 AMX kernel, against the unfused modules."""
+"""fuse_feed_forward_: GELU and the next layer's input preparation inside the AMX kernels, against the unfused
+modules (W8A8: int8 codes handed over; weight-only int4: the bf16 copy)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +7,9 @@ import torch.nn.functional as F
 from leanformer.quant import (QuantizedLinear, W8A8Config, WeightOnlyConfig, get_policy, load_quantized,
                               quantize_, quantize_rtn, save_quantized, set_policy)
 from leanformer.quant import kernels
-from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
-from leanformer.quant.fusion import GELU_ABS_BOUND, fuse_w8a8_
+from leanformer.quant.amx import (amx_int8_available, amx_int8_linear, amx_int8_status, amx_w4_linear,
+                                  pack_amx_weight)
+from leanformer.quant.fusion import GELU_ABS_BOUND, fuse_feed_forward_
 from leanformer.quant.modules import FusedActivation
 
 transformers = pytest.importorskip("transformers")
@@ -16,7 +18,7 @@ needs_amx = pytest.mark.skipif(not amx_int8_available(), reason=f"AMX int8: {amx
 
 @pytest.fixture(autouse=True)
 def _restore_policy():
-    before = {k: getattr(get_policy(), k) for k in ("amx_int8", "onednn_int8", "native")}
+    before = {k: getattr(get_policy(), k) for k in ("amx_int8", "amx_w4", "onednn_int8", "native")}
     yield
     set_policy(**before)
 
@@ -106,7 +108,7 @@ def test_fused_bert_matches_unfused_and_skips_a_quantization(monkeypatch):
     assert report.fused == 2 and "fused GELU into 2" in report.summary()
     block = fused.encoder.layer[0].intermediate
     assert isinstance(block.intermediate_act_fn, FusedActivation)
-    assert block.dense.activation == "gelu" and block.dense.quantize_output
+    assert block.dense.activation == "gelu" and block.dense.prepare_output
     calls = _count_quantizations(monkeypatch)
     with torch.no_grad():
         want = plain(input_ids=IDS).last_hidden_state
@@ -133,7 +135,7 @@ def test_an_activation_edited_in_between_is_quantized_afresh():
     lin1, lin2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
     up = QuantizedLinear.from_float(lin1, quantize_rtn(lin1.weight, bits=8), act_bits=8)
     down = QuantizedLinear.from_float(lin2, quantize_rtn(lin2.weight, bits=8), act_bits=8)
-    up.activation, up.quantize_output = "gelu", True
+    up.activation, up.prepare_output = "gelu", True
     x = torch.randn(40, 64)
     with torch.no_grad():
         h = up(x)
@@ -156,16 +158,71 @@ def test_config_rejects_a_non_bool_fuse():
         W8A8Config(fuse="yes")
 
 
-def test_weight_only_layers_are_left_alone():
+def test_codebook_layers_are_left_alone():
+    from leanformer.quant import ANTConfig
+
     model = _bert()
-    quantize_(model, WeightOnlyConfig(bits=8))
-    assert fuse_w8a8_(model) == 0
+    quantize_(model, ANTConfig(bits=4, group_size=64))  # ANT stores a codebook: no fused kernel for it
+    assert fuse_feed_forward_(model) == 0
+
+
+W4 = WeightOnlyConfig(bits=4, group_size=64)
+
+
+@needs_amx
+def test_w4_kernel_gelu_and_bf16_copy_are_exact_to_its_epilogue():
+    model = _bert(layers=1)
+    quantize_(model, W4.replace(fuse=False))
+    dense = model.encoder.layer[0].intermediate.dense
+    codes, zero, scale = kernels._build_amx_w4(dense)
+    x = torch.randn(45, 64).to(torch.bfloat16)
+    plain = amx_w4_linear(x, codes, zero, scale, 64, dense.bias)
+    out, copy = amx_w4_linear(x, codes, zero, scale, 64, dense.bias, activation="gelu", bf16_output=True)
+    assert torch.equal(out, _ops().amx_gelu_(plain.clone()))
+    assert torch.equal(copy, out.to(torch.bfloat16))
+
+
+def _count_bf16_casts(monkeypatch):
+    calls = []
+    real = kernels.prepare_shared
+
+    def counting(kind, x2, prepare):
+        return real(kind, x2, (lambda t: (calls.append(kind), prepare(t))[1]) if kind == kernels._CAST_BF16 else prepare)
+
+    monkeypatch.setattr(kernels, "prepare_shared", counting)
+    return calls
+
+
+@needs_amx
+def test_fused_w4_bert_matches_unfused_and_skips_a_cast(monkeypatch):
+    fused, plain = _bert(), _bert()
+    assert quantize_(fused, W4).fused == 2
+    quantize_(plain, W4.replace(fuse=False))
+    assert fused.encoder.layer[0].intermediate.dense.prepare_output
+    casts = _count_bf16_casts(monkeypatch)
+    with torch.no_grad():
+        want = plain(input_ids=IDS).last_hidden_state
+        n_plain = len(casts)
+        got = fused(input_ids=IDS).last_hidden_state
+    assert len(casts) - n_plain == n_plain - 2  # each layer's output.dense read the bf16 copy handed over
+    assert (got - want).abs().max() < 1e-3  # only the GELUs differ (<= GELU_ABS_BOUND), no int8 rounding here
+    set_policy(amx_w4=False)
+    with torch.no_grad():  # the other kernels apply F.gelu after the product: the same model as unfused
+        assert torch.equal(fused(input_ids=IDS).last_hidden_state, plain(input_ids=IDS).last_hidden_state)
+
+
+def test_mixed_precision_fuses_too():
+    from leanformer.quant import MixedPrecisionConfig
+
+    model = _bert()
+    report = quantize_(model, MixedPrecisionConfig(low=W4, budget_mb=0.2), example_inputs={"input_ids": IDS})
+    assert report.fused == 2
 
 
 def test_fusing_twice_is_a_no_op():
     model = _bert()
     quantize_(model, W8A8Config())
-    assert fuse_w8a8_(model) == 0
+    assert fuse_feed_forward_(model) == 0
 
 
 def test_fusion_survives_save_and_load(tmp_path):

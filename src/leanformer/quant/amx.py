@@ -57,7 +57,8 @@ def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Ten
     """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32.
 
     ``activation="gelu"`` applies the exact (erf) GELU in the same pass, to within a few float32 ulps of
-    ``F.gelu`` (``_GELU_ULPS``). ``quantize_output=True`` also returns the output's per-token int8 codes, computed
+    ``F.gelu`` (``fusion.GELU_ABS_BOUND``). ``quantize_output=True`` also returns the output's per-token int8
+    codes, computed
     while each block is in cache: ``(out, codes, scale, finite)``, equal to ``quantize_rows(out)``.
     """
     from .native import native_ops
@@ -99,16 +100,23 @@ def pack_amx_int4(nibbles: torch.Tensor) -> torch.Tensor:
 
 
 def amx_w4_linear(x_bf16: torch.Tensor, codes: torch.Tensor, zero: torch.Tensor, scale: torch.Tensor,
-                  group_size: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+                  group_size: int, bias: torch.Tensor | None = None, *, activation: str | None = None,
+                  bf16_output: bool = False):
     """(M, K) bf16 x int4 weight (``pack_amx_int4`` codes, (G, N) float32 tables of bf16 zero / scale values)
-    -> (M, N) float32 sums of the exact bf16 products, + bias."""
+    -> (M, N) float32 sums of the exact bf16 products, + bias, then ``activation`` ("gelu", as in
+    ``amx_int8_linear``). ``bf16_output=True`` returns ``(out, out.to(torch.bfloat16))``, the copy written from
+    the same registers (the next layer's bf16 input)."""
     from .native import native_ops
 
     ops = native_ops()
     if ops is None:
         raise RuntimeError("amx_w4_linear needs leanformer's native CPU kernels, which are unavailable here")
-    return ops.amx_w4_linear(x_bf16.contiguous(), codes, zero, scale, group_size,
-                             _NO_BIAS if bias is None else bias.contiguous())
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(map(str, _ACTIVATIONS))}, got {activation!r}")
+    out, out_bf16 = ops.amx_w4_linear(x_bf16.contiguous(), codes, zero, scale, group_size,
+                                      _NO_BIAS if bias is None else bias.contiguous(), _ACTIVATIONS[activation],
+                                      bf16_output)
+    return (out, out_bf16) if bf16_output else out
 
 
 def w4_reference(x_bf16, w_bf16, bias):

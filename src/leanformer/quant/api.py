@@ -43,7 +43,7 @@ class QuantReport:
     layers: list[LayerReport] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why
     seconds: float = 0.0
-    fused: int = 0  # W8A8 feed-forward blocks whose GELU runs inside the int8 kernel (fusion.fuse_w8a8_)
+    fused: int = 0  # feed-forward blocks whose GELU runs in the first GEMM's kernel (fusion.fuse_feed_forward_)
 
     @property
     def bytes_before(self) -> int:
@@ -64,7 +64,7 @@ class QuantReport:
         mix = ", ".join(f"{n} x {b}-bit" for b, n in sorted(by_bits.items()))
         return (f"quantized {len(self.layers)} modules ({mix}): {self.bytes_before / 1e6:.2f} MB -> "
                 f"{self.bytes_after / 1e6:.2f} MB in {self.seconds:.2f} s"
-                + (f"; fused GELU into {self.fused} W8A8 blocks" if self.fused else "")
+                + (f"; fused GELU into {self.fused} feed-forward blocks" if self.fused else "")
                 + (f"; skipped {len(self.skipped)}" if self.skipped else ""))
 
 
@@ -205,9 +205,9 @@ def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | Non
         model.set_submodule(name, new)
         report.layers.append(LayerReport(name, type(mod).__name__, new.bits, new.group_size, new.format,
                                          float_weight_bytes(mod), _packed_bytes(new)))
-    if isinstance(config, W8A8Config) and config.fuse:
-        from .fusion import fuse_w8a8_
+    if isinstance(config, (W8A8Config, WeightOnlyConfig)) and config.fuse:
+        from .fusion import fuse_feed_forward_
 
-        report.fused = fuse_w8a8_(model)
+        report.fused = fuse_feed_forward_(model)
     report.seconds = time.perf_counter() - start
     return report

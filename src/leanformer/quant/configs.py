@@ -23,6 +23,11 @@ def _check_bits_group(cfg, allowed_bits=range(2, 9)) -> None:
         cfg._fail("group_size", gs, "must be a positive int or None (per output channel)")
 
 
+def _check_fuse(cfg) -> None:
+    if not isinstance(cfg.fuse, bool):
+        cfg._fail("fuse", cfg.fuse, "must be True or False")
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightOnlyConfig(BaseConfig):
     """Weight-only integer quantization of Linear (and Conv2d) weights; activations stay float.
@@ -31,6 +36,7 @@ class WeightOnlyConfig(BaseConfig):
     clip_search: data-free MSE search over clip ranges; refine_steps: least-squares refits (``rtn.py``).
     act_weighting: weight the error by each input feature's mean square, measured in one forward pass on
     random token ids (no data; ``calib.py``). Needs a model with ``config.vocab_size`` or ``example_inputs``.
+    fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel (``fusion.py``).
     """
 
     bits: int = 4
@@ -40,6 +46,7 @@ class WeightOnlyConfig(BaseConfig):
     refine_steps: int = 3
     scale_dtype: str = "float16"
     act_weighting: bool = False
+    fuse: bool = True
 
     def _validate(self) -> None:
         _check_bits_group(self)
@@ -47,6 +54,7 @@ class WeightOnlyConfig(BaseConfig):
             self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
         if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
             self._fail("refine_steps", self.refine_steps, "must be an int >= 0")
+        _check_fuse(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +70,7 @@ class W8A8Config(BaseConfig):
     def _validate(self) -> None:
         if self.scale_dtype not in _SCALE_DTYPES:
             self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
-        if not isinstance(self.fuse, bool):
-            self._fail("fuse", self.fuse, "must be True or False")
+        _check_fuse(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,25 +1,29 @@
-"""``fuse_w8a8_``: run each W8A8 feed-forward block's GELU and next-layer quantization inside the int8 kernel.
+"""``fuse_feed_forward_``: run each quantized feed-forward block's GELU, and the preparation of the next layer's
+input, inside the first GEMM's kernel.
 
 In a BERT-style feed-forward block, ``intermediate.dense`` (K -> 4K) feeds an exact GELU, whose output feeds
 ``output.dense`` (4K -> K). Run module by module, the (M, 4K) float32 activation is written by the GEMM,
-read and written again by the GELU, and read once more to quantize it per token for the second GEMM: on
-MiniLM at batch 32 those passes took more time than the int8 GEMM itself (docs/quant.md). After fusion:
+read and written again by the GELU, and read once more to prepare it for the second GEMM (per-token int8
+codes for W8A8, a bf16 copy for weight-only layers): on MiniLM at batch 32 those passes took more time than
+the int8 GEMM itself (docs/quant.md). After fusion:
 
 * ``intermediate.dense`` applies the GELU in its kernel's epilogue (``activation="gelu"``), and its
   ``intermediate_act_fn`` becomes a ``FusedActivation`` (the identity), so the module tree says what runs;
-* when the layer's ``output.dense`` is W8A8 too, it also quantizes its output per token while each block is
-  in cache (``quantize_output``) and offers the codes to ``prepare_shared``, which hands them to
-  ``output.dense`` - only if that exact, unchanged tensor is what ``output.dense`` reads (identity and
-  version checked), so a model that edits the activation in between still gets correct codes.
+* when the layer's ``output.dense`` is quantized the same way (W8A8 after W8A8, weight-only after
+  weight-only), it also prepares that layer's input while each block is in cache (``prepare_output``) and
+  offers it to ``prepare_shared``, which hands it to ``output.dense`` - only if that exact, unchanged tensor
+  is what ``output.dense`` reads (identity and version checked), so a model that edits the activation in
+  between still gets a correct preparation.
 
-The codes are bit-identical to quantizing the GELU output separately. The GELU is not bit-identical to
-``F.gelu``: the kernel's exp differs from Sleef's, so values differ by at most ``GELU_ABS_BOUND`` (tested);
-kernels other than the AMX one apply ``F.gelu`` after the product, so fusing never changes which formula
-a CPU without AMX runs. Fusion is recorded in the checkpoint (module specs) and comes back at load.
+The prepared inputs are bit-identical to preparing the GELU output separately. The GELU is not bit-identical
+to ``F.gelu``: the kernels' exp differs from Sleef's, so values differ by at most ``GELU_ABS_BOUND`` (tested);
+kernels other than the AMX ones apply ``F.gelu`` after the product, so fusing never changes which formula a
+CPU without AMX runs. Fusion is recorded in the checkpoint (module specs) and comes back at load.
 
-Which blocks: a module with a ``dense`` W8A8 ``QuantizedLinear`` and an ``intermediate_act_fn`` that is the
-exact GELU, the forward of transformers' ``*Intermediate`` classes (BERT, RoBERTa, ELECTRA, XLM-R, ...):
-``act(dense(x))``. Their class names must end in ``Intermediate``; anything else is left alone.
+Which blocks: a module with a ``dense`` ``QuantizedLinear`` (W8A8 or weight-only integer, no codebook) and an
+``intermediate_act_fn`` that is the exact GELU, the forward of transformers' ``*Intermediate`` classes (BERT,
+RoBERTa, ELECTRA, XLM-R, ...): ``act(dense(x))``. Their class names must end in ``Intermediate``; anything
+else is left alone.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 
 from .modules import FusedActivation, QuantizedLinear
 
-__all__ = ["fuse_w8a8_", "GELU_ABS_BOUND"]
+__all__ = ["fuse_feed_forward_", "GELU_ABS_BOUND"]
 
 GELU_ABS_BOUND = 2e-6  # |fused GELU - F.gelu| on float32 inputs, measured max 1.4e-6 (test_quant_fusion.py)
 
@@ -41,11 +45,18 @@ def _is_exact_gelu(act) -> bool:
     return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu
 
 
-def _w8a8(mod) -> bool:
-    return isinstance(mod, QuantizedLinear) and mod.act_bits == 8 and mod.activation is None
+def _fusable(mod) -> bool:
+    return isinstance(mod, QuantizedLinear) and mod.codebook is None and mod.activation is None
 
 
-def fuse_w8a8_(model: nn.Module) -> int:
+def _same_kind(producer: QuantizedLinear, consumer) -> bool:
+    """True when ``consumer`` reads what ``producer``'s kernel can prepare: W8A8 -> W8A8 (int8 codes),
+    weight-only -> weight-only (the bf16 copy), of the right width."""
+    return (isinstance(consumer, QuantizedLinear) and consumer.in_features == producer.out_features
+            and (consumer.act_bits == 8) == (producer.act_bits == 8))
+
+
+def fuse_feed_forward_(model: nn.Module) -> int:
     """Fuse every eligible feed-forward block of ``model`` in place; returns how many were fused."""
     fused = 0
     modules = list(model.modules())  # listed first: the loop replaces submodules
@@ -54,13 +65,11 @@ def fuse_w8a8_(model: nn.Module) -> int:
         if not type(block).__name__.endswith("Intermediate"):
             continue
         dense, act = getattr(block, "dense", None), getattr(block, "intermediate_act_fn", None)
-        if not (_w8a8(dense) and _is_exact_gelu(act)):
+        if not (_fusable(dense) and _is_exact_gelu(act)):
             continue
         dense.activation = "gelu"
-        # codes for the layer's output.dense, when that is a W8A8 layer reading this width (else they'd go unused)
-        consumer = getattr(getattr(layers.get(id(block)), "output", None), "dense", None)
-        dense.quantize_output = (isinstance(consumer, QuantizedLinear) and consumer.act_bits == 8
-                                 and consumer.in_features == dense.out_features)
+        # the layer's output.dense input, prepared only when it is of the kind this kernel prepares (else unused)
+        dense.prepare_output = _same_kind(dense, getattr(getattr(layers.get(id(block)), "output", None), "dense", None))
         block.intermediate_act_fn = FusedActivation("gelu")
         fused += 1
     return fused

@@ -159,6 +159,7 @@ def _dequant(mod, x2, bias, out_dtype):
     dtype = _compute_dtype(x2)
     w = mod.dequantized_weight(dtype)  # (N, K)
     xc = x2 if x2.dtype == dtype else prepare_shared(f"cast_{dtype}", x2, lambda t: t.to(dtype))  # (M, K)
+    # (f"cast_{torch.bfloat16}" is _CAST_BF16, which the AMX int4 kernel may have offered for x2)
     return _epilogue(F.linear(xc, w), bias, out_dtype)
 
 
@@ -202,12 +203,20 @@ def _build_int4pack(mod):
     return packed, sz
 
 
-def _amx_w4(mod, x2, bias, out_dtype):
+_CAST_BF16 = f"cast_{torch.bfloat16}"  # the prepare_shared kind of the bf16 copy weight-only kernels read
+
+
+def _amx_w4(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
     gs = mod.in_features if mod.group_size is None else mod.group_size
     codes, zero, scale = mod.kernel_cache("amx_w4", lambda: _build_amx_w4(mod))
-    xb = x2 if x2.dtype == torch.bfloat16 else prepare_shared(f"cast_{torch.bfloat16}", x2, lambda t: t.to(torch.bfloat16))
-    y = amx_w4_linear(xb, codes, zero, scale, gs, None if bias is None else bias.float())  # (M, N) float32
-    return y if out_dtype == torch.float32 else y.to(out_dtype)
+    xb = x2 if x2.dtype == torch.bfloat16 else prepare_shared(_CAST_BF16, x2, lambda t: t.to(torch.bfloat16))
+    bias = None if bias is None else bias.float()
+    prepare_output = prepare_output and out_dtype == torch.float32 and _may_share(x2)
+    y = amx_w4_linear(xb, codes, zero, scale, gs, bias, activation=activation, bf16_output=prepare_output)
+    if prepare_output:  # the next weight-only layer reading y finds its bf16 copy ready (prepare_shared)
+        y, y_bf16 = y
+        offer_shared(_CAST_BF16, y, y_bf16)
+    return y if out_dtype == torch.float32 else y.to(out_dtype)  # (M, N)
 
 
 def _build_amx_w4(mod):
@@ -315,14 +324,14 @@ def quantize_per_token_shared(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 _NO_BIAS = torch.empty(0)
 
 
-def _w8a8(mod, x2, bias, out_dtype, activation=None, quantize_output=False):
+def _w8a8(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
     xq, xs = quantize_per_token_shared(x2)  # (M, K) int8, (M, 1)
     if out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and _amx_applies(mod, xq):
         packed = mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
         ws = _w8a8_scale(mod).view(-1)
-        quantize_output = quantize_output and _may_share(x2)
-        res = amx_int8_linear(xq, xs, packed, ws, bias, activation=activation, quantize_output=quantize_output)
-        if not quantize_output:
+        prepare_output = prepare_output and _may_share(x2)
+        res = amx_int8_linear(xq, xs, packed, ws, bias, activation=activation, quantize_output=prepare_output)
+        if not prepare_output:
             return res  # (M, N), rescaled, + bias, activated
         y, codes, scale, finite = res
         if finite:  # the next W8A8 layer reading y finds its codes ready (prepare_shared)
@@ -374,18 +383,20 @@ def _w8a8_scale(mod) -> torch.Tensor:
 
 
 KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "amx_w4": _amx_w4, "w8a8": _w8a8}
+_FUSING = {"amx_w4", "w8a8"}  # kernels taking (activation, prepare_output); the others get F.gelu applied after
 
 
 def run_kernel(name: str, mod, x2: torch.Tensor, bias: torch.Tensor | None = None,
                out_dtype: torch.dtype | None = None, *, activation: str | None = None,
-               quantize_output: bool = False) -> torch.Tensor:
+               prepare_output: bool = False) -> torch.Tensor:
     """(M, K) -> act((M, N) plus ``bias``), in ``out_dtype`` (default: the input's dtype).
 
-    ``activation`` ("gelu" or None) is fused into the W8A8 AMX kernel and applied after the others;
-    ``quantize_output`` lets that kernel hand its output's int8 codes to the next W8A8 layer (``offer_shared``).
+    ``activation`` ("gelu" or None) is fused into the AMX kernels' epilogues and applied after the others;
+    ``prepare_output`` lets those kernels hand the next layer its input already prepared (``offer_shared``):
+    the int8 codes for a W8A8 layer, the bf16 copy for a weight-only one.
     """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; known: {sorted(KERNELS)}")
-    if name == "w8a8":
-        return _w8a8(mod, x2, bias, out_dtype or x2.dtype, activation, quantize_output)
+    if name in _FUSING:
+        return KERNELS[name](mod, x2, bias, out_dtype or x2.dtype, activation, prepare_output)
     return _activate(KERNELS[name](mod, x2, bias, out_dtype or x2.dtype), activation)

@@ -162,15 +162,15 @@ class QuantizedLinear(_PackedWeightMixin):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, bits: int = 4,
                  group_size: int | None = None, symmetric: bool = True, codebook: bool = False,
                  act_bits: int | None = None, scale_dtype: torch.dtype = torch.float16, fmt: str = "int",
-                 activation: str | None = None, quantize_output: bool = False, device=None) -> None:
+                 activation: str | None = None, prepare_output: bool = False, device=None) -> None:
         super().__init__()
         if act_bits not in (None, 8):
             raise ValueError(f"act_bits must be None or 8, got {act_bits!r}")
         if activation not in FUSABLE_ACTIVATIONS:
             raise ValueError(f"activation must be one of {FUSABLE_ACTIVATIONS}, got {activation!r}")
-        # set by fusion.fuse_w8a8_: the layer applies its parent's activation itself (fused into the W8A8 kernel
-        # where it runs), and hands its output's int8 codes on to the next W8A8 layer
-        self.activation, self.quantize_output = activation, quantize_output
+        # set by fusion.fuse_feed_forward_: the layer applies its parent's activation itself (inside the AMX
+        # kernels where they run), and hands the next quantized layer its input already prepared
+        self.activation, self.prepare_output = activation, prepare_output
         if act_bits == 8 and not (bits == 8 and symmetric and group_size is None and not codebook):
             raise ValueError("W8A8 needs 8-bit symmetric per-channel weights")
         self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
@@ -190,8 +190,8 @@ class QuantizedLinear(_PackedWeightMixin):
 
     def spec(self) -> dict:
         extra = {"activation": self.activation} if self.activation else {}  # absent keys: files before fusion
-        if self.quantize_output:
-            extra["quantize_output"] = True
+        if self.prepare_output:
+            extra["prepare_output"] = True
         return {**super().spec(), "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "act_bits": self.act_bits, **extra}
 
@@ -200,7 +200,7 @@ class QuantizedLinear(_PackedWeightMixin):
         return cls(spec["in_features"], spec["out_features"], bias=spec["bias"], bits=spec["bits"],
                    group_size=spec["group_size"], symmetric=spec["symmetric"], codebook=spec["codebook"],
                    act_bits=spec["act_bits"], scale_dtype=getattr(torch, spec["scale_dtype"]), fmt=spec["format"],
-                   activation=spec.get("activation"), quantize_output=spec.get("quantize_output", False))
+                   activation=spec.get("activation"), prepare_output=spec.get("prepare_output", False))
 
     def forward(self, x: torch.Tensor, *, kernel: str | None = None) -> torch.Tensor:
         if not x.is_floating_point():
@@ -210,7 +210,7 @@ class QuantizedLinear(_PackedWeightMixin):
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         name = kernel or choose_kernel(self, x2.shape[0], x2)
         y = run_kernel(name, self, x2, self.bias, x.dtype, activation=self.activation,
-                       quantize_output=self.quantize_output)  # (M, N)
+                       prepare_output=self.prepare_output)  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

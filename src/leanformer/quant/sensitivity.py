@@ -171,5 +171,9 @@ def quantize_mixed_(model: nn.Module, config: MixedPrecisionConfig, *, filter_fn
         model.set_submodule(name, chosen)
         report.layers.append(LayerReport(name, "Linear", chosen.bits, chosen.group_size, chosen.format,
                                          float_weight_bytes(mod), _packed_bytes(chosen)))
+    if config.low.fuse and config.high.fuse:
+        from .fusion import fuse_feed_forward_
+
+        report.fused = fuse_feed_forward_(model)
     report.seconds = time.perf_counter() - start
     return report

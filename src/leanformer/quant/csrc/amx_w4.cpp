@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "amx_tiles.h"
+#include "gelu_avx512.h"
 
 namespace {
 using namespace amx;
@@ -74,21 +75,37 @@ void unpack_block(const uint8_t* codes, const float* zero, const float* scale, i
   }
 }
 
-void add_bias_store(const float* acc, int64_t rows, int halves, const float* bias, float* out, int64_t ldo) {
+// float(bits) -> bf16 bits, round to nearest even, NaN -> the quiet NaN torch's conversion gives: the same bits as
+// tensor.to(torch.bfloat16), denormals included
+inline __m256i to_bf16_rne(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// out = act(acc + bias) for `rows` rows and 16 * `halves` columns, and its bf16 copy when out_bf16 is given
+void epilogue_store(const float* acc, int64_t rows, int halves, const float* bias, bool gelu, float* out,
+                    uint16_t* out_bf16, int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r)
     for (int h = 0; h < halves; ++h) {
       __m512 v = _mm512_loadu_ps(acc + r * kBlock + h * kRows);
       if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + h * kRows));
+      if (gelu) v = gelu_erf(v);
       _mm512_storeu_ps(out + r * ldo + h * kRows, v);
+      if (out_bf16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_bf16 + r * ldo + h * kRows), to_bf16_rne(v));
     }
 }
 #endif
 }  // namespace
 
 // x (M, K) bfloat16 contiguous, codes (N/16, K/32, 16, 16) uint8, zero / scale (G, N) float32, group_size,
-// bias (N,) float32 or empty -> (M, N) float32
-torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
-                            const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias) {
+// bias (N,) float32 or empty, activation (0 none, 1 GELU), bf16_out ->
+//   {out (M, N) float32, and when bf16_out: out.to(bfloat16), written from the same registers}
+std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
+                                         const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
+                                         int64_t activation, bool bf16_out) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() == 2 && x.is_contiguous(),
               "x: contiguous (M, K) bfloat16 on CPU");
   const int64_t rows = x.size(0), depth = x.size(1);
@@ -105,7 +122,9 @@ torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, 
   const bool has_bias = bias.numel() > 0;
   TORCH_CHECK(!has_bias || (bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous()),
               "bias: (N,) float32");
+  TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
   auto out = torch::empty({rows, cols}, scale.options());
+  auto out_bf16 = torch::empty({bf16_out ? rows : 0, cols}, x.options());
 #ifdef LEANFORMER_HAVE_AMX_BF16
   TORCH_CHECK(request_tiles(), "AMX tiles unavailable (arch_prctl XCOMP_PERM refused)");
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
@@ -114,6 +133,7 @@ torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, 
   const float* sp = scale.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
+  auto* obp = bf16_out ? reinterpret_cast<uint16_t*>(out_bf16.data_ptr()) : nullptr;
   const int64_t k_tiles = depth / kPairDepth, tiles_per_group = group_size / kPairDepth;
   const int64_t col_blocks16 = cols / kRows, row_blocks = (rows + kBlock - 1) / kBlock;
   const int64_t panels = (col_blocks16 + kPanelBlocks - 1) / kPanelBlocks;
@@ -149,7 +169,8 @@ torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, 
           const uint16_t* b0 = panel.data() + b * block_values;
           block_sums<Dot::kBf16>(a, depth * 2, b0, b0 + block_values, k_tiles, pair, acc);
           const int64_t n0 = (first + b) * kRows;
-          add_bias_store(acc, valid, pair ? 2 : 1, bp ? bp + n0 : nullptr, op + m0 * cols + n0, cols);
+          epilogue_store(acc, valid, pair ? 2 : 1, bp ? bp + n0 : nullptr, activation == 1, op + m0 * cols + n0,
+                         obp ? obp + m0 * cols + n0 : nullptr, cols);
         }
       }
     }
@@ -158,7 +179,7 @@ torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, 
 #else
   TORCH_CHECK(false, "amx_w4_linear: built without AMX-BF16 (this CPU or compiler has none)");
 #endif
-  return out;
+  return {out, out_bf16};
 }
 
 bool amx_w4_ready() {

@@ -245,8 +245,9 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
                                            const torch::Tensor& bias, int64_t activation, bool quantize);
 torch::Tensor amx_gelu_(torch::Tensor& x);
 // amx_w4.cpp
-torch::Tensor amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
-                            const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias);
+std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
+                                         const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
+                                         int64_t activation, bool bf16_out);
 bool amx_w4_ready();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -260,6 +261,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_int8_status", &amx_int8_status, "why the AMX int8 product can or cannot run");
   m.def("amx_int8_linear", &amx_int8_linear, "int8 x packed int8 on AMX tiles, rescale, bias, GELU, quantize (fused)");
   m.def("amx_gelu_", &amx_gelu_, "the AMX kernel's GELU epilogue, in place (for tests)");
-  m.def("amx_w4_linear", &amx_w4_linear, "bf16 x int4 (unpacked in cache) on AMX tiles, float32 sums + bias");
+  m.def("amx_w4_linear", &amx_w4_linear, "bf16 x int4 (unpacked in cache) on AMX tiles, float32 sums + bias, GELU, bf16 copy");
   m.def("amx_w4_ready", &amx_w4_ready, "True when the AMX int4 kernel can run in this process");
 }
