@@ -80,7 +80,11 @@ METHODS = {  # name -> (provider, description, function model -> model)
                                                                                     clip_search=False, refine_steps=0), EMB8)),
     "w4g64_mse": ("leanformer", "int4 asym g64 + MSE clip + LS refine", _ours(WeightOnlyConfig(bits=4, group_size=64), EMB8)),
     "w4g64": ("leanformer", "w4g64_mse weighted by random-token input moments", _ours(W4G64, EMB8)),
-    "w4g64_eager": ("leanformer", "w4g64 with the native fused ops off", _policy(_ours(W4G64, EMB8), native=False)),
+    "w4g64_eager": ("leanformer", "w4g64 with the native fused ops (and so the AMX kernels) off",
+                    _policy(_ours(W4G64, EMB8), native=False)),
+    "w4g64_dequant": ("leanformer", "w4g64 with the AMX int4 kernel off (unpack to bf16 + oneDNN GEMM)",
+                      _policy(_ours(W4G64, EMB8), amx_w4=False)),
+    "w4g64_unfused": ("leanformer", "w4g64 without fuse_feed_forward_", _ours(W4G64.replace(fuse=False), EMB8)),
     "w4g32": ("leanformer", "same at g32", _ours(W4G64.replace(group_size=32), EMB8)),
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
@@ -184,7 +188,8 @@ def _run_with(mod, x, **fields):
 def kernel_sweep(rows: Rows, reps: int) -> None:
     """One MiniLM FFN-in layer (384 -> 1536): every kernel path against fp32 / bf16 F.linear, by row count."""
     from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
-    from leanformer.quant.kernels import _int4pack_ok, _int8pack_ok, fast_bf16_cpu
+    from leanformer.quant.amx import amx_w4_available
+    from leanformer.quant.kernels import _amx_w4_ok, _int4pack_ok, _int8pack_ok, fast_bf16_cpu
 
     lin = torch.nn.Linear(384, 1536)
     mods = {
@@ -204,6 +209,8 @@ def kernel_sweep(rows: Rows, reps: int) -> None:
                 paths.append("int8pack")
             if fast_bf16_cpu() and _int4pack_ok(mod):
                 paths.append("int4pack")
+            if _amx_w4_ok(mod) and amx_w4_available():
+                paths.append("amx_w4")
             for path in paths:
                 fns[f"{fmt}:{path}"] = (lambda mod=mod, path=path: mod(x, kernel=path))
             fns[f"{fmt}:auto"] = (lambda mod=mod: mod(x))
