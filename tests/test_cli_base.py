@@ -34,6 +34,7 @@ def test_env_json_reports_versions():
     assert report["cpu_count"] >= 1
     assert report["onednn_int8_matmul"].startswith(("on", "off", "unavailable"))
     assert report["amx_int8_matmul"].startswith(("on", "off", "unavailable", "not checked yet"))
+    assert report["amx_int4_matmul"].startswith(("on", "off", "unavailable", "not checked yet"))
 
 
 def test_unknown_subcommand_fails():

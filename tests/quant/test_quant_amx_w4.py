@@ -128,3 +128,20 @@ def test_two_threads_split_panels_and_rows_within_the_bound(m):
         torch.set_num_threads(before)
     ref, bound = w4_reference(x, mod.dequantized_weight(torch.bfloat16), mod.bias)
     assert bool(((got - ref).abs() <= bound).all())
+
+
+@pytest.fixture
+def fresh_check():
+    from leanformer.quant import amx
+
+    amx._check_w4.cache_clear()
+    yield amx
+    amx._check_w4.cache_clear()
+
+
+@needs_amx
+def test_a_probe_outside_the_bound_switches_the_kernel_off(monkeypatch, fresh_check):
+    monkeypatch.setattr(fresh_check, "_probe_w4_within_bound", lambda: False)
+    assert not amx_w4_available() and "error bound" in fresh_check.amx_w4_status()
+    mod = _module(384, 96, 64, symmetric=False)
+    assert kernels.choose_kernel(mod, 200, torch.randn(200, 384)) == "dequant"

@@ -24,7 +24,8 @@ import torch
 from .cpu_features import cpu_has
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "amx_w4_available", "amx_w4_shape_ok", "pack_amx_int4", "amx_w4_linear"]
+           "amx_int8_linear", "amx_w4_available", "amx_w4_status", "amx_w4_shape_ok", "pack_amx_int4",
+           "amx_w4_linear", "w4_reference"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product
@@ -166,6 +167,15 @@ def _check_w4() -> tuple[bool, str]:
 def amx_w4_available() -> bool:
     """True when the AMX int4 kernel runs here and stayed within its bound on the first-use probe."""
     return _check_w4()[0]
+
+
+def amx_w4_status(build: bool = True) -> str:
+    """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
+    if not build and _check_w4.cache_info().currsize == 0:
+        status = amx_int8_status(build=False)
+        if status.startswith("not checked yet"):
+            return status.replace("W8A8 forward", "int4 batch forward")
+    return _check_w4()[1]
 
 
 def _reference(xq, row_scale, w, col_scale, bias):

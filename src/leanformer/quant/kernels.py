@@ -73,8 +73,8 @@ class KernelPolicy:
     # shapes on Sapphire Rapids (1 thread; oneDNN wins everywhere from ~256 rows, 1.3-4x at 576)
     onednn_rows: int = 128
     # W8A8 through leanformer's AMX kernel (amx.py), rescale and bias fused, at any row count: bit-identical;
-    # against oneDNN + rescale on MiniLM's shapes (Sapphire Rapids, 1 thread, 576 rows) up to 3.6x faster at
-    # 384->384, 1.3-1.7x at 384->1536, on par at 1536->384; 2-3x at 18 rows. N*K more bytes per layer
+    # against oneDNN + rescale on MiniLM's shapes (Sapphire Rapids, 1 thread, scratch timing) 3.3-3.6x faster at
+    # 384->384, 1.3-1.8x at 384->1536, 0.65-1.35x at 1536->384 (576 rows); 1-3x at 18 rows. N*K bytes per layer
     amx_int8: bool = True
     # int4 weight-only layers above int4_rows rows through leanformer's AMX bf16 kernel (amx.py): codes unpacked
     # in cache instead of to memory, float32 sums (not bf16-rounded ones as oneDNN's bf16 GEMM returns)
