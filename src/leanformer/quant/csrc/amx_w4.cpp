@@ -138,44 +138,67 @@ std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Te
   const int64_t col_blocks16 = cols / kRows, row_blocks = (rows + kBlock - 1) / kBlock;
   const int64_t panels = (col_blocks16 + kPanelBlocks - 1) / kPanelBlocks;
   const int64_t block_values = k_tiles * kWeightTile;  // bf16 values of one unpacked 16-column block
-  // tasks are (column panel, range of row blocks): each unpacks its panel once and runs its row blocks against it;
-  // panels are split by rows only when there are too few of them to keep every thread busy
-  const int64_t splits = std::min(row_blocks, std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels));
-  const int64_t rows_per_split = (row_blocks + splits - 1) / splits;
-  at::parallel_for(0, panels * splits, 1, [&](int64_t begin, int64_t end) {
-    configure_tiles();
-    alignas(64) float acc[kBlock * kBlock];
-    std::vector<uint16_t> panel(kPanelBlocks * block_values);
-    std::vector<uint16_t> padded;  // the last, partial row block, zero-filled to 32 rows
-    const int64_t tail = rows % kBlock;
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t p = u / splits, rb_begin = (u % splits) * rows_per_split;
-      const int64_t rb_end = std::min(row_blocks, rb_begin + rows_per_split);
-      const int64_t first = p * kPanelBlocks, count = std::min(kPanelBlocks, col_blocks16 - first);
-      for (int64_t b = 0; b < count; ++b) {
-        const int64_t n0 = (first + b) * kRows;
-        unpack_block(cp + (first + b) * k_tiles * kCodeTile, zp + n0, sp + n0, cols, k_tiles, tiles_per_group,
-                     panel.data() + b * block_values);
+  const auto unpack = [&](int64_t block, uint16_t* dst) {
+    const int64_t n0 = block * kRows;
+    unpack_block(cp + block * k_tiles * kCodeTile, zp + n0, sp + n0, cols, k_tiles, tiles_per_group, dst);
+  };
+  // row blocks [rb_begin, rb_end) against the `count` unpacked 16-column blocks from block `first`, at `weights`
+  const auto run_rows = [&](const uint16_t* weights, int64_t first, int64_t count, int64_t rb_begin, int64_t rb_end,
+                            float* acc, std::vector<uint16_t>& padded) {
+    for (int64_t rb = rb_begin; rb < rb_end; ++rb) {
+      const int64_t m0 = rb * kBlock, valid = std::min(kBlock, rows - m0);
+      if (valid < kBlock && padded.empty()) {  // the last, partial row block, zero-filled to 32 rows
+        padded.assign(kBlock * depth, 0);
+        std::memcpy(padded.data(), xp + m0 * depth, valid * depth * sizeof(uint16_t));
       }
-      for (int64_t rb = rb_begin; rb < rb_end; ++rb) {
-        const int64_t m0 = rb * kBlock, valid = std::min(kBlock, rows - m0);
-        if (valid < kBlock && padded.empty()) {
-          padded.assign(kBlock * depth, 0);
-          std::memcpy(padded.data(), xp + m0 * depth, tail * depth * sizeof(uint16_t));
-        }
-        const uint16_t* a = valid < kBlock ? padded.data() : xp + m0 * depth;
-        for (int64_t b = 0; b < count; b += 2) {
-          const bool pair = b + 1 < count;
-          const uint16_t* b0 = panel.data() + b * block_values;
-          block_sums<Dot::kBf16>(a, depth * 2, b0, b0 + block_values, k_tiles, pair, acc);
-          const int64_t n0 = (first + b) * kRows;
-          epilogue_store(acc, valid, pair ? 2 : 1, bp ? bp + n0 : nullptr, activation == 1, op + m0 * cols + n0,
-                         obp ? obp + m0 * cols + n0 : nullptr, cols);
-        }
+      const uint16_t* a = valid < kBlock ? padded.data() : xp + m0 * depth;
+      for (int64_t b = 0; b < count; b += 2) {
+        const bool pair = b + 1 < count;
+        const uint16_t* b0 = weights + b * block_values;
+        block_sums<Dot::kBf16>(a, depth * 2, b0, b0 + block_values, k_tiles, pair, acc);
+        const int64_t n0 = (first + b) * kRows;
+        epilogue_store(acc, valid, pair ? 2 : 1, bp ? bp + n0 : nullptr, activation == 1, op + m0 * cols + n0,
+                       obp ? obp + m0 * cols + n0 : nullptr, cols);
       }
     }
-    _tile_release();
-  });
+  };
+  const int64_t threads = at::get_num_threads();
+  if (threads == 1 || panels >= 2 * threads) {
+    // tasks are column panels: each unpacks its panel once, into a buffer that stays in L2, and runs every row
+    // block against it
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      configure_tiles();
+      alignas(64) float acc[kBlock * kBlock];
+      std::vector<uint16_t> panel(kPanelBlocks * block_values), padded;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t first = p * kPanelBlocks, count = std::min(kPanelBlocks, col_blocks16 - first);
+        for (int64_t b = 0; b < count; ++b) unpack(first + b, panel.data() + b * block_values);
+        run_rows(panel.data(), first, count, 0, row_blocks, acc, padded);
+      }
+      _tile_release();
+    });
+  } else {
+    // too few panels to keep every thread busy: unpack the whole weight once, split between the threads, then
+    // split every panel's row blocks between them
+    std::vector<uint16_t> weights(col_blocks16 * block_values);
+    at::parallel_for(0, col_blocks16, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) unpack(b, weights.data() + b * block_values);
+    });
+    const int64_t splits = std::min(row_blocks, (2 * threads + panels - 1) / panels);
+    const int64_t rows_per_split = (row_blocks + splits - 1) / splits;
+    at::parallel_for(0, panels * splits, 1, [&](int64_t begin, int64_t end) {
+      configure_tiles();
+      alignas(64) float acc[kBlock * kBlock];
+      std::vector<uint16_t> padded;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t p = u / splits, rb_begin = (u % splits) * rows_per_split;
+        const int64_t first = p * kPanelBlocks, count = std::min(kPanelBlocks, col_blocks16 - first);
+        run_rows(weights.data() + first * block_values, first, count, rb_begin,
+                 std::min(row_blocks, rb_begin + rows_per_split), acc, padded);
+      }
+      _tile_release();
+    });
+  }
 #else
   TORCH_CHECK(false, "amx_w4_linear: built without AMX-BF16 (this CPU or compiler has none)");
 #endif
