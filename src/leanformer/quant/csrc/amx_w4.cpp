@@ -8,7 +8,8 @@
 // float32 sums gets its bias in L1 and is written once.
 //
 // Arithmetic: the unpacked weight is exactly the reference's, w = bf16(bf16(q - z) * s) with z and s already
-// bf16 (QuantizedLinear.dequantized_weight(torch.bfloat16)); bf16 x bf16 products are exact in float32 and are
+// bf16 (QuantizedLinear.dequantized_weight(torch.bfloat16)) - except weights below 2^-126 in magnitude, which
+// the bf16 conversion instruction flushes to zero (scales that small do not occur); bf16 x bf16 products are exact in float32 and are
 // summed in float32, so the result differs from float32 F.linear(x_bf16, w_bf16) only by the order of the
 // float32 sum (bound tested in test_quant_amx_w4.py) - closer to it than the bf16-rounded output of the path
 // it replaces.
