@@ -189,7 +189,7 @@ def _run_with(mod, x, **fields):
 def kernel_sweep(rows: Rows, reps: int) -> None:
     """One MiniLM FFN-in layer (384 -> 1536): every kernel path against fp32 / bf16 F.linear, by row count."""
     from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
-    from leanformer.quant.amx import amx_w4_available
+    from leanformer.quant.amx_w4 import amx_w4_available
     from leanformer.quant.kernels import _amx_w4_ok, _int4pack_ok, _int8pack_ok, fast_bf16_cpu
 
     lin = torch.nn.Linear(384, 1536)

@@ -4,7 +4,8 @@ import torch
 
 from leanformer.quant import QuantizedLinear, get_policy, quantize_rtn, set_policy
 from leanformer.quant import kernels
-from leanformer.quant.amx import (amx_int8_status, amx_w4_available, amx_w4_linear, pack_amx_int4, w4_reference)
+from leanformer.quant.amx import amx_int8_status
+from leanformer.quant.amx_w4 import amx_w4_available, amx_w4_linear, pack_amx_int4, w4_reference
 
 needs_amx = pytest.mark.skipif(not amx_w4_available(), reason=f"AMX: {amx_int8_status()}")
 
@@ -132,11 +133,11 @@ def test_two_threads_split_panels_and_rows_within_the_bound(m):
 
 @pytest.fixture
 def fresh_check():
-    from leanformer.quant import amx
+    from leanformer.quant import amx_w4
 
-    amx._check_w4.cache_clear()
-    yield amx
-    amx._check_w4.cache_clear()
+    amx_w4._check_w4.cache_clear()
+    yield amx_w4
+    amx_w4._check_w4.cache_clear()
 
 
 @needs_amx

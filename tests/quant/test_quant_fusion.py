@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from leanformer.quant import (QuantizedLinear, W8A8Config, WeightOnlyConfig, get_policy, load_quantized,
                               quantize_, quantize_rtn, save_quantized, set_policy)
 from leanformer.quant import kernels
-from leanformer.quant.amx import (amx_int8_available, amx_int8_linear, amx_int8_status, amx_w4_linear,
-                                  pack_amx_weight)
+from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
+from leanformer.quant.amx_w4 import amx_w4_linear
 from leanformer.quant.fusion import GELU_ABS_BOUND, fuse_feed_forward_
 from leanformer.quant.modules import FusedActivation
 

@@ -107,7 +107,7 @@ def test_auto_choice_by_rows_and_format():
     int4 = _module(48, 64, bits=4, group_size=32)
     odd = _module(7, 13, bits=4)
     x = torch.randn(1, 64)
-    from leanformer.quant.amx import amx_w4_available
+    from leanformer.quant.amx_w4 import amx_w4_available
 
     int4_batch = "amx_w4" if amx_w4_available() else "dequant"  # leanformer's AMX kernel where it runs
     assert choose_kernel(int4, 1, x) == "int4pack"

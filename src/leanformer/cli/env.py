@@ -38,7 +38,8 @@ def collect() -> dict:
     import torch
 
     from leanformer import __version__
-    from leanformer.quant.amx import amx_int8_status, amx_w4_status
+    from leanformer.quant.amx import amx_int8_status
+    from leanformer.quant.amx_w4 import amx_w4_status
     from leanformer.quant.native import native_status
     from leanformer.quant.onednn import onednn_int8_status
 

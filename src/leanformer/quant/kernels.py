@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .amx import (amx_int8_available, amx_int8_linear, amx_shape_ok, amx_w4_available, amx_w4_linear,
-                  amx_w4_shape_ok, pack_amx_int4, pack_amx_weight)
+from .amx import amx_int8_available, amx_int8_linear, amx_shape_ok, pack_amx_weight
+from .amx_w4 import amx_w4_available, amx_w4_linear, amx_w4_shape_ok, pack_amx_int4
 from .cpu_features import cpu_has
 from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
 
@@ -76,7 +76,7 @@ class KernelPolicy:
     # against oneDNN + rescale on MiniLM's shapes (Sapphire Rapids, 1 thread, scratch timing) 3.3-3.6x faster at
     # 384->384, 1.3-1.8x at 384->1536, 0.65-1.35x at 1536->384 (576 rows); 1-3x at 18 rows. N*K bytes per layer
     amx_int8: bool = True
-    # int4 weight-only layers above int4_rows rows through leanformer's AMX bf16 kernel (amx.py): codes unpacked
+    # int4 weight-only layers above int4_rows rows through leanformer's AMX bf16 kernel (amx_w4.py): codes unpacked
     # in cache instead of to memory, float32 sums (not bf16-rounded ones as oneDNN's bf16 GEMM returns)
     amx_w4: bool = True
 
