@@ -24,7 +24,7 @@ import torch
 from .cpu_features import cpu_has
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "ACTIVATION_CODES"]
+           "amx_int8_linear", "ACTIVATION_CODES", "probe_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product
@@ -108,13 +108,18 @@ def _check() -> tuple[bool, str]:
     if not hasattr(ops, "amx_int8_ready") or not ops.amx_int8_ready():
         status = ops.amx_int8_status() if hasattr(ops, "amx_int8_status") else "an older build without it"
         return False, f"off: {status}"
+    return probe_status(_probe_matches_reference, "on (leanformer AMX int8 kernel, rescale fused)",
+                        "off: the AMX product did not match the reference on this CPU")
+
+
+def probe_status(probe, on: str, failed: str) -> tuple[bool, str]:
+    """(available, status line) from a first-use probe: ``on`` if it passes, ``failed`` if not, and the error
+    if the kernel raises."""
     try:
-        ok = _probe_matches_reference()
+        ok = probe()
     except RuntimeError as exc:
         return False, f"unavailable: {str(exc).strip().splitlines()[0][:200]}"
-    if not ok:
-        return False, "off: the AMX product did not match the reference on this CPU"
-    return True, "on (leanformer AMX int8 kernel, rescale fused)"
+    return (True, on) if ok else (False, failed)
 
 
 def amx_int8_available() -> bool:

@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from .amx import ACTIVATION_CODES, TILE_ROWS, amx_int8_available, amx_int8_status
+from .amx import ACTIVATION_CODES, TILE_ROWS, amx_int8_available, amx_int8_status, probe_status
 
 __all__ = ["PAIR_DEPTH", "amx_w4_available", "amx_w4_status", "amx_w4_shape_ok", "pack_amx_int4", "amx_w4_linear",
            "w4_reference"]
@@ -95,13 +95,8 @@ def _check_w4() -> tuple[bool, str]:
     ops = native_ops()
     if not hasattr(ops, "amx_w4_ready") or not ops.amx_w4_ready():
         return False, "off: built without AMX-BF16"
-    try:
-        within = _probe_w4_within_bound()
-    except RuntimeError as exc:
-        return False, f"unavailable: {str(exc).strip().splitlines()[0][:200]}"
-    if not within:
-        return False, "off: the AMX int4 product left its error bound on this CPU"
-    return True, "on (leanformer AMX int4 x bf16 kernel)"
+    return probe_status(_probe_w4_within_bound, "on (leanformer AMX int4 x bf16 kernel)",
+                        "off: the AMX int4 product left its error bound on this CPU")
 
 
 def amx_w4_available() -> bool:
