@@ -60,6 +60,8 @@ inline void block_sums(const void* a_rows, int64_t lda, const void* b0_tiles, co
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
+  // the tile products are written out per kind: GCC's tile intrinsics paste their tile numbers into the
+  // instruction text (stringified macro arguments), so they take literals, not template parameters
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
     _tile_loadd(4, a + kt * kDepth, lda);
     _tile_loadd(5, a + kRows * lda + kt * kDepth, lda);

@@ -28,6 +28,7 @@
 
 #include "amx_tiles.h"
 #include "gelu_avx512.h"
+#include "rescale_operands.h"
 
 namespace {
 using namespace amx;
@@ -120,9 +121,7 @@ std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Te
   for (const auto* t : {&zero, &scale})
     TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 2 && t->size(0) == groups && t->size(1) == cols &&
                     t->is_contiguous(), "zero / scale: (G, N) float32");
-  const bool has_bias = bias.numel() > 0;
-  TORCH_CHECK(!has_bias || (bias.scalar_type() == torch::kFloat32 && bias.numel() == cols && bias.is_contiguous()),
-              "bias: (N,) float32");
+  const bool has_bias = check_bias(cols, bias);
   TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
   auto out = torch::empty({rows, cols}, scale.options());
   auto out_bf16 = torch::empty({bf16_out ? rows : 0, cols}, x.options());
