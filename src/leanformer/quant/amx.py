@@ -24,7 +24,7 @@ import torch
 from .cpu_features import cpu_has
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "ACTIVATION_CODES", "probe_status"]
+           "amx_int8_linear", "ACTIVATION_CODES", "kernel_ops", "probe_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product
@@ -52,25 +52,31 @@ def pack_amx_weight(qweight: torch.Tensor) -> torch.Tensor:
 ACTIVATION_CODES = {None: 0, "gelu": 1}  # the kernels' epilogue activations (modules.FUSABLE_ACTIVATIONS)
 
 
+def kernel_ops(kernel: str, activation: str | None):
+    """(native ops that run ``kernel``, the kernels' code for its epilogue ``activation``); a clear error for
+    an unknown activation or if the native kernels are unavailable here."""
+    from .native import native_ops
+
+    ops = native_ops()
+    if ops is None:
+        raise RuntimeError(f"{kernel} needs leanformer's native CPU kernels, which are unavailable here")
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {sorted(map(str, ACTIVATION_CODES))}, got {activation!r}")
+    return ops, ACTIVATION_CODES[activation]
+
+
 def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Tensor, col_scale: torch.Tensor,
                     bias: torch.Tensor | None = None, *, activation: str | None = None, quantize_output: bool = False):
     """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32.
 
     ``activation="gelu"`` applies the exact (erf) GELU in the same pass, to within a few float32 ulps of
     ``F.gelu`` (``fusion.GELU_ABS_BOUND``). ``quantize_output=True`` also returns the output's per-token int8
-    codes, computed
-    while each block is in cache: ``(out, codes, scale, finite)``, equal to ``quantize_rows(out)``.
+    codes, computed while each block is in cache: ``(out, codes, scale, finite)``, equal to ``quantize_rows(out)``.
     """
-    from .native import native_ops
-
-    ops = native_ops()
-    if ops is None:
-        raise RuntimeError("amx_int8_linear needs leanformer's native CPU kernels, which are unavailable here")
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"activation must be one of {sorted(map(str, ACTIVATION_CODES))}, got {activation!r}")
+    ops, act = kernel_ops("amx_int8_linear", activation)
     out, codes, scale, finite = ops.amx_int8_linear(xq.contiguous(), row_scale.contiguous(), packed,
                                                     col_scale.contiguous(), _NO_BIAS if bias is None else bias.contiguous(),
-                                                    ACTIVATION_CODES[activation], quantize_output)
+                                                    act, quantize_output)
     return (out, codes, scale, bool(finite)) if quantize_output else out
 
 

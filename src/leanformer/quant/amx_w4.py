@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from .amx import ACTIVATION_CODES, TILE_ROWS, amx_int8_available, amx_int8_status, probe_status
+from .amx import TILE_ROWS, amx_int8_available, amx_int8_status, kernel_ops, probe_status
 
 __all__ = ["PAIR_DEPTH", "amx_w4_available", "amx_w4_status", "amx_w4_shape_ok", "pack_amx_int4", "amx_w4_linear",
            "w4_reference"]
@@ -48,15 +48,9 @@ def amx_w4_linear(x_bf16: torch.Tensor, codes: torch.Tensor, zero: torch.Tensor,
     -> (M, N) float32 sums of the exact bf16 products, + bias, then ``activation`` ("gelu", as in
     ``amx_int8_linear``). ``bf16_output=True`` returns ``(out, out.to(torch.bfloat16))``, the copy written from
     the same registers (the next layer's bf16 input)."""
-    from .native import native_ops
-
-    ops = native_ops()
-    if ops is None:
-        raise RuntimeError("amx_w4_linear needs leanformer's native CPU kernels, which are unavailable here")
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"activation must be one of {sorted(map(str, ACTIVATION_CODES))}, got {activation!r}")
+    ops, act = kernel_ops("amx_w4_linear", activation)
     out, out_bf16 = ops.amx_w4_linear(x_bf16.contiguous(), codes, zero, scale, group_size,
-                                      _NO_BIAS if bias is None else bias.contiguous(), ACTIVATION_CODES[activation],
+                                      _NO_BIAS if bias is None else bias.contiguous(), act,
                                       bf16_output)
     return (out, out_bf16) if bf16_output else out
 

@@ -113,8 +113,13 @@ def _int8pack_ok(mod) -> bool:
             and mod.in_features % 16 == 0)
 
 
+def _group_size(mod) -> int:
+    """Input features per scale: the whole row for per-channel weights."""
+    return mod.in_features if mod.group_size is None else mod.group_size
+
+
 def _int4pack_ok(mod) -> bool:
-    gs = mod.in_features if mod.group_size is None else mod.group_size
+    gs = _group_size(mod)
     return (mod.bits == 4 and mod.codebook is None and gs in (32, 64, 128, 256) and mod.out_features % 16 == 0)
 
 
@@ -136,7 +141,7 @@ def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
 
 
 def _amx_w4_ok(mod) -> bool:
-    gs = mod.in_features if mod.group_size is None else mod.group_size
+    gs = _group_size(mod)
     return (mod.bits == 4 and mod.codebook is None and mod.act_bits is None
             and amx_w4_shape_ok(mod.out_features, mod.in_features, gs))
 
@@ -156,11 +161,19 @@ def _epilogue(y: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
     return (y + bias.to(y.dtype)).to(out_dtype)
 
 
+_CAST_BF16 = f"cast_{torch.bfloat16}"  # the prepare_shared kind of the bf16 copy weight-only kernels read
+
+
+def _shared_cast(x2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x2`` in ``dtype``, cast once per input tensor for all the layers that read it (q/k/v), or the copy a
+    fused kernel offered for it (``offer_shared``)."""
+    return x2 if x2.dtype == dtype else prepare_shared(f"cast_{dtype}", x2, lambda t: t.to(dtype))
+
+
 def _dequant(mod, x2, bias, out_dtype):
     dtype = _compute_dtype(x2)
     w = mod.dequantized_weight(dtype)  # (N, K)
-    xc = x2 if x2.dtype == dtype else prepare_shared(f"cast_{dtype}", x2, lambda t: t.to(dtype))  # (M, K)
-    # (f"cast_{torch.bfloat16}" is _CAST_BF16, which the AMX int4 kernel may have offered for x2)
+    xc = _shared_cast(x2, dtype)  # (M, K)
     return _epilogue(F.linear(xc, w), bias, out_dtype)
 
 
@@ -181,7 +194,7 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 def _int4pack(mod, x2, bias, out_dtype):
-    gs = mod.in_features if mod.group_size is None else mod.group_size
+    gs = _group_size(mod)
     packed, sz = mod.kernel_cache("int4pack", lambda: _build_int4pack(mod))
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, gs, sz)
     return _epilogue(y, bias, out_dtype)
@@ -204,13 +217,10 @@ def _build_int4pack(mod):
     return packed, sz
 
 
-_CAST_BF16 = f"cast_{torch.bfloat16}"  # the prepare_shared kind of the bf16 copy weight-only kernels read
-
-
 def _amx_w4(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
-    gs = mod.in_features if mod.group_size is None else mod.group_size
+    gs = _group_size(mod)
     codes, zero, scale = mod.kernel_cache("amx_w4", lambda: _build_amx_w4(mod))
-    xb = x2 if x2.dtype == torch.bfloat16 else prepare_shared(_CAST_BF16, x2, lambda t: t.to(torch.bfloat16))
+    xb = _shared_cast(x2, torch.bfloat16)
     bias = None if bias is None else bias.float()
     prepare_output = prepare_output and out_dtype == torch.float32 and _may_share(x2)
     y = amx_w4_linear(xb, codes, zero, scale, gs, bias, activation=activation, bf16_output=prepare_output)
