@@ -44,6 +44,7 @@ class QuantReport:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why
     seconds: float = 0.0
     fused: int = 0  # feed-forward blocks whose GELU runs in the first GEMM's kernel (fusion.fuse_feed_forward_)
+    short_attention: bool = False  # the model now runs leanformer's short-sequence attention (attention.py)
 
     @property
     def bytes_before(self) -> int:
@@ -55,7 +56,7 @@ class QuantReport:
 
     def merge(self, other: "QuantReport") -> "QuantReport":
         return QuantReport(self.layers + other.layers, {**self.skipped, **other.skipped}, self.seconds + other.seconds,
-                           self.fused + other.fused)
+                           self.fused + other.fused, self.short_attention or other.short_attention)
 
     def summary(self) -> str:
         by_bits: dict[int, int] = {}
@@ -65,6 +66,7 @@ class QuantReport:
         return (f"quantized {len(self.layers)} modules ({mix}): {self.bytes_before / 1e6:.2f} MB -> "
                 f"{self.bytes_after / 1e6:.2f} MB in {self.seconds:.2f} s"
                 + (f"; fused GELU into {self.fused} feed-forward blocks" if self.fused else "")
+                + ("; short-sequence attention" if self.short_attention else "")
                 + (f"; skipped {len(self.skipped)}" if self.skipped else ""))
 
 
@@ -165,6 +167,19 @@ def _tied_weights(model: nn.Module) -> set[int]:
 
 
 @torch.no_grad()
+def fuse_for_inference_(model: nn.Module, report: QuantReport, *, fuse: bool, short_attention: bool) -> None:
+    """The model-level steps after quantizing its layers, recorded in ``report``: fused feed-forward blocks
+    (``fusion.py``) and the short-sequence attention kernel (``attention.py``)."""
+    if fuse:
+        from .fusion import fuse_feed_forward_
+
+        report.fused = fuse_feed_forward_(model)
+    if short_attention:
+        from .attention import use_short_attention_
+
+        report.short_attention = use_short_attention_(model)
+
+
 def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | None = None,
               example_inputs=None) -> QuantReport:
     """Quantize ``model`` in place. ``filter_fn(module, name) -> bool`` narrows which modules are touched.
@@ -205,9 +220,7 @@ def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | Non
         model.set_submodule(name, new)
         report.layers.append(LayerReport(name, type(mod).__name__, new.bits, new.group_size, new.format,
                                          float_weight_bytes(mod), _packed_bytes(new)))
-    if isinstance(config, (W8A8Config, WeightOnlyConfig)) and config.fuse:
-        from .fusion import fuse_feed_forward_
-
-        report.fused = fuse_feed_forward_(model)
+    if isinstance(config, (W8A8Config, WeightOnlyConfig)):
+        fuse_for_inference_(model, report, fuse=config.fuse, short_attention=config.short_attention)
     report.seconds = time.perf_counter() - start
     return report

@@ -23,9 +23,10 @@ def _check_bits_group(cfg, allowed_bits=range(2, 9)) -> None:
         cfg._fail("group_size", gs, "must be a positive int or None (per output channel)")
 
 
-def _check_fuse(cfg) -> None:
-    if not isinstance(cfg.fuse, bool):
-        cfg._fail("fuse", cfg.fuse, "must be True or False")
+def _check_flags(cfg) -> None:
+    for name in ("fuse", "short_attention"):
+        if not isinstance(getattr(cfg, name), bool):
+            cfg._fail(name, getattr(cfg, name), "must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,8 @@ class WeightOnlyConfig(BaseConfig):
     fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel (``fusion.py``). Off by
     default: on MiniLM it made weight-only int4 slower here (2.00x fp32 fused vs 2.11-2.15x unfused, 1 thread),
     unlike W8A8, where it is on.
+    short_attention: switch a transformers model on SDPA attention to leanformer's short-sequence attention
+    kernel for float32 CPU inference (``attention.py``; exact attention, other calls keep SDPA).
     """
 
     bits: int = 4
@@ -49,6 +52,7 @@ class WeightOnlyConfig(BaseConfig):
     scale_dtype: str = "float16"
     act_weighting: bool = False
     fuse: bool = False
+    short_attention: bool = True
 
     def _validate(self) -> None:
         _check_bits_group(self)
@@ -56,23 +60,25 @@ class WeightOnlyConfig(BaseConfig):
             self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
         if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
             self._fail("refine_steps", self.refine_steps, "must be an int >= 0")
-        _check_fuse(self)
+        _check_flags(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class W8A8Config(BaseConfig):
     """Dynamic W8A8: int8 per-channel weights, int8 per-token activations quantized at run time, an exact
     int8 x int8 -> int32 product (kernels.py picks AMX, oneDNN or ``torch._int_mm``). ``fuse``: run each
-    BERT-style feed-forward block's GELU and its next quantization inside the first GEMM (fusion.py)."""
+    BERT-style feed-forward block's GELU and its next quantization inside the first GEMM (fusion.py).
+    ``short_attention``: as in ``WeightOnlyConfig``."""
 
     clip_search: bool = False
     scale_dtype: str = "float16"
     fuse: bool = True
+    short_attention: bool = True
 
     def _validate(self) -> None:
         if self.scale_dtype not in _SCALE_DTYPES:
             self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
-        _check_fuse(self)
+        _check_flags(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .calib import input_moments, run_model, synthetic_inputs
-from .api import LayerReport, QuantReport, _packed_bytes, float_weight_bytes, quantize_weight
+from .api import LayerReport, QuantReport, _packed_bytes, float_weight_bytes, fuse_for_inference_, quantize_weight
 from .configs import MixedPrecisionConfig
 from .modules import QuantizedLinear
 
@@ -171,9 +171,7 @@ def quantize_mixed_(model: nn.Module, config: MixedPrecisionConfig, *, filter_fn
         model.set_submodule(name, chosen)
         report.layers.append(LayerReport(name, "Linear", chosen.bits, chosen.group_size, chosen.format,
                                          float_weight_bytes(mod), _packed_bytes(chosen)))
-    if config.low.fuse and config.high.fuse:
-        from .fusion import fuse_feed_forward_
-
-        report.fused = fuse_feed_forward_(model)
+    fuse_for_inference_(model, report, fuse=config.low.fuse and config.high.fuse,
+                        short_attention=config.low.short_attention and config.high.short_attention)
     report.seconds = time.perf_counter() - start
     return report

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .attention import ATTENTION_NAME, use_short_attention_
 from .modules import QUANTIZED_MODULES
 
 __all__ = ["save_quantized", "load_quantized", "CheckpointError", "FORMAT", "VERSION", "is_checkpoint", "check_writable"]
@@ -99,6 +100,8 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, *, overwrite:
         model.config.save_pretrained(directory)
     meta = {"format": FORMAT, "version": VERSION, "model": info, "modules": modules, "aliases": aliases,
             "sha256": _sha256(directory / TENSORS), "torch": torch.__version__}
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTENTION_NAME:
+        meta["attention"] = ATTENTION_NAME  # config.json does not record it; load_quantized switches it back on
     (directory / (META + ".tmp")).write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(directory / (META + ".tmp"), directory / META)
     return directory
@@ -180,6 +183,8 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]} ...") from exc
+    if meta.get("attention") == ATTENTION_NAME:
+        use_short_attention_(model)
     if device is not None:
         model.to(device)
     return model.eval()

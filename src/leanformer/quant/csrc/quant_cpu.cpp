@@ -249,6 +249,9 @@ std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Te
                                          const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
                                          int64_t activation, bool bf16_out);
 bool amx_w4_ready();
+// short_attention.cpp
+torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& mask, double scale);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
@@ -263,4 +266,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_gelu_", &amx_gelu_, "the AMX kernel's GELU epilogue, in place (for tests)");
   m.def("amx_w4_linear", &amx_w4_linear, "bf16 x int4 (unpacked in cache) on AMX tiles, float32 sums + bias, GELU, bf16 copy");
   m.def("amx_w4_ready", &amx_w4_ready, "True when the AMX int4 kernel can run in this process");
+  m.def("short_attention", &short_attention, "softmax(q k^T * scale + mask) v per head, for short sequences");
 }

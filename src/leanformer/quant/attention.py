@@ -1,0 +1,117 @@
+"""Short-sequence attention for quantized inference on CPU: leanformer's own kernel (``csrc/short_attention.cpp``),
+swapped into a Hugging Face model by ``use_short_attention_``.
+
+Why it belongs to quantization: once W8A8 runs the linear layers on int8 tiles, attention is the largest fp32
+part of a BERT-sized forward. At tens of tokens per sequence PyTorch's CPU flash-attention kernel spends most of
+its time on per-head setup; the kernel here does each head's scores, softmax and weighted sum in registers and
+writes the (B, S, H, D) layout the model reshapes anyway (docs/quant.md, "Short-sequence attention").
+
+It is exact attention in float32, not an approximation: scores are float32 dot products in another order than
+torch's, the exponential has a relative error of ~2e-8, and weights below e^-60 of a row's largest are dropped,
+so outputs agree with ``F.scaled_dot_product_attention`` to within ``ABS_BOUND`` on unit-scale inputs (tested
+against a float64 reference in ``tests/quant/test_quant_attention.py``).
+
+It runs only where it applies: CPU, float32, no gradient, no dropout, not causal, as many key heads as query heads,
+keys up to ``MAX_KEYS``, no request for the attention weights. Anything else goes to transformers' own SDPA
+attention, so a model switched to it still runs everywhere it did.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ATTENTION_NAME", "MAX_KEYS", "ABS_BOUND", "short_attention", "reference_attention", "use_short_attention_",
+           "short_attention_applies"]
+
+ATTENTION_NAME = "leanformer_short"  # the attention implementation name registered with transformers
+MAX_KEYS = 256  # longer sequences keep torch's flash kernel, which tiles the keys
+ABS_BOUND = 2e-6  # |short_attention - float64 attention| for unit-scale q, k, v (measured max ~4e-7)
+_NO_MASK = torch.empty(0)
+
+
+def reference_attention(q, k, v, mask=None, scale=None):
+    """softmax(q k^T * scale + mask) v in float64 (bool masks: True attends), as (B, Sq, H, D) float32: the plain
+    formula the kernel is tested against. Rows whose keys are all masked give zeros, as SDPA does on CPU."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale  # (B, H, Sq, Sk)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.double()
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0) if mask is not None else torch.softmax(s, dim=-1)
+    return (p @ v.double()).transpose(1, 2).float()
+
+
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                    scale: float | None = None) -> torch.Tensor:
+    """(B, H, Sq, D) queries, (B, H, Sk, D) keys and values (float32, CPU) -> (B, Sq, H, D) attention output.
+
+    ``mask``: None, or broadcastable to (B, H, Sq, Sk) with size-1 dimensions, bool (True attends) or float
+    (added to the scores). ``scale`` defaults to D ** -0.5.
+    """
+    from .native import native_ops
+
+    ops = native_ops()
+    if ops is None:
+        raise RuntimeError("short_attention needs leanformer's native CPU kernels, which are unavailable here")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 4:
+            raise ValueError(f"short_attention: {name} must be a 4-D float32 CPU tensor, got {tuple(t.shape)} "
+                             f"{t.dtype} on {t.device}")
+    if mask is not None:
+        if mask.dtype not in (torch.bool, torch.float32):
+            raise ValueError(f"short_attention: mask must be bool or float32, got {mask.dtype}")
+        while mask.dim() < 4:
+            mask = mask.unsqueeze(0)
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return ops.short_attention(q, k, v, _NO_MASK if mask is None else mask,
+                               q.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+def short_attention_applies(module: nn.Module, q, k, v, mask, dropout: float, kwargs: dict) -> bool:
+    """True when this call can take the short kernel; otherwise transformers' SDPA attention runs it."""
+    from .native import native_ops
+
+    causal = kwargs.get("is_causal", getattr(module, "is_causal", False))
+    return (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32 and not causal
+            and (dropout == 0.0 or not module.training) and not kwargs.get("output_attentions", False)
+            and k.shape[1] == q.shape[1] and k.shape[2] <= MAX_KEYS
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+            and (mask is None or (mask.dtype in (torch.bool, torch.float32) and not mask.requires_grad))
+            and native_ops() is not None)
+
+
+def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs):
+    """transformers' attention interface: (B, H, S, D) q, k, v -> ((B, S, H, D) output, no weights)."""
+    if short_attention_applies(module, query, key, value, attention_mask, dropout, kwargs):
+        return short_attention(query, key, value, attention_mask, scaling), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+def _register() -> None:
+    """Add the name to transformers' attention and mask registries (once; other names are untouched). The mask
+    is built as for SDPA: a custom name without a mask function would get no padding mask at all."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+    if ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(ATTENTION_NAME, _hf_attention)
+        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def use_short_attention_(model: nn.Module) -> bool:
+    """Switch a transformers model that uses SDPA attention to the short-sequence kernel, in place. Returns
+    whether it did: models on eager, flash or flex attention, and plain torch modules, are left as they are."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current == ATTENTION_NAME:
+        return True
+    if current != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return False
+    _register()
+    model.set_attn_implementation(ATTENTION_NAME)
+    return config._attn_implementation == ATTENTION_NAME
