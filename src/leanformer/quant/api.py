@@ -44,6 +44,7 @@ class QuantReport:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why
     seconds: float = 0.0
     fused: int = 0  # feed-forward blocks whose GELU runs in the first GEMM's kernel (fusion.fuse_feed_forward_)
+    fused_norms: int = 0  # output blocks whose residual add + LayerNorm run fused (fusion.fuse_residual_norms_)
     short_attention: bool = False  # the model now runs leanformer's short-sequence attention (attention.py)
 
     @property
@@ -56,7 +57,8 @@ class QuantReport:
 
     def merge(self, other: "QuantReport") -> "QuantReport":
         return QuantReport(self.layers + other.layers, {**self.skipped, **other.skipped}, self.seconds + other.seconds,
-                           self.fused + other.fused, self.short_attention or other.short_attention)
+                           self.fused + other.fused, self.fused_norms + other.fused_norms,
+                           self.short_attention or other.short_attention)
 
     def summary(self) -> str:
         by_bits: dict[int, int] = {}
@@ -66,6 +68,7 @@ class QuantReport:
         return (f"quantized {len(self.layers)} modules ({mix}): {self.bytes_before / 1e6:.2f} MB -> "
                 f"{self.bytes_after / 1e6:.2f} MB in {self.seconds:.2f} s"
                 + (f"; fused GELU into {self.fused} feed-forward blocks" if self.fused else "")
+                + (f"; fused residual + LayerNorm in {self.fused_norms} blocks" if self.fused_norms else "")
                 + ("; short-sequence attention" if self.short_attention else "")
                 + (f"; skipped {len(self.skipped)}" if self.skipped else ""))
 
@@ -171,9 +174,10 @@ def fuse_for_inference_(model: nn.Module, report: QuantReport, *, fuse: bool, sh
     """The model-level steps after quantizing its layers, recorded in ``report``: fused feed-forward blocks
     (``fusion.py``) and the short-sequence attention kernel (``attention.py``)."""
     if fuse:
-        from .fusion import fuse_feed_forward_
+        from .fusion import fuse_feed_forward_, fuse_residual_norms_
 
         report.fused = fuse_feed_forward_(model)
+        report.fused_norms = fuse_residual_norms_(model)
     if short_attention:
         from .attention import use_short_attention_
 

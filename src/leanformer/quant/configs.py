@@ -37,7 +37,8 @@ class WeightOnlyConfig(BaseConfig):
     clip_search: data-free MSE search over clip ranges; refine_steps: least-squares refits (``rtn.py``).
     act_weighting: weight the error by each input feature's mean square, measured in one forward pass on
     random token ids (no data; ``calib.py``). Needs a model with ``config.vocab_size`` or ``example_inputs``.
-    fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel (``fusion.py``). Off by
+    fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel, and each output block's
+    residual add + LayerNorm as one pass (``fusion.py``). Off by
     default: on MiniLM it made weight-only int4 slower here (2.00x fp32 fused vs 2.11-2.15x unfused, 1 thread),
     unlike W8A8, where it is on.
     short_attention: switch a transformers model on SDPA attention to leanformer's short-sequence attention
@@ -67,7 +68,8 @@ class WeightOnlyConfig(BaseConfig):
 class W8A8Config(BaseConfig):
     """Dynamic W8A8: int8 per-channel weights, int8 per-token activations quantized at run time, an exact
     int8 x int8 -> int32 product (kernels.py picks AMX, oneDNN or ``torch._int_mm``). ``fuse``: run each
-    BERT-style feed-forward block's GELU and its next quantization inside the first GEMM (fusion.py).
+    BERT-style feed-forward block's GELU and its next quantization inside the first GEMM, and each output
+    block's residual add + LayerNorm + the next quantization as one pass (fusion.py).
     ``short_attention``: as in ``WeightOnlyConfig``."""
 
     clip_search: bool = False

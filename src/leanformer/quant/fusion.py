@@ -24,6 +24,10 @@ Which blocks: a module with a ``dense`` ``QuantizedLinear`` (W8A8 or weight-only
 ``intermediate_act_fn`` that is the exact GELU, the forward of transformers' ``*Intermediate`` classes (BERT,
 RoBERTa, ELECTRA, XLM-R, ...): ``act(dense(x))``. Their class names must end in ``Intermediate``; anything
 else is left alone.
+
+``fuse_residual_norms_`` does the same for the blocks after attention and after the feed-forward block,
+``LayerNorm(dropout(dense(h)) + input)``: ``residual_norm.FusedResidualNorm`` runs the residual add, the
+LayerNorm and (after W8A8 layers) the next layers' per-token quantization as one pass over each row.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 
 from .modules import FusedActivation, QuantizedLinear
 
-__all__ = ["fuse_feed_forward_", "GELU_ABS_BOUND"]
+__all__ = ["fuse_feed_forward_", "fuse_residual_norms_", "GELU_ABS_BOUND"]
 
 GELU_ABS_BOUND = 2e-6  # |fused GELU - F.gelu| on float32 inputs, measured max 1.4e-6 (test_quant_fusion.py)
 
@@ -73,3 +77,38 @@ def fuse_feed_forward_(model: nn.Module) -> int:
         block.intermediate_act_fn = FusedActivation("gelu")
         fused += 1
     return fused
+
+
+def _stock_output_forward():
+    """The code object of transformers' ``BertSelfOutput.forward`` (BertOutput's has the same bytecode), or None
+    without transformers."""
+    try:
+        from transformers.models.bert.modeling_bert import BertSelfOutput
+    except ImportError:
+        return None
+    return BertSelfOutput.forward.__code__
+
+
+def _is_stock_output_block(block: nn.Module, stock_code) -> bool:
+    """``LayerNorm(dropout(dense(h)) + input)``: the class's forward compiles to BERT's bytecode, names included
+    (RoBERTa, ELECTRA, XLM-R copy it), and the children are what it expects."""
+    code = getattr(type(block).forward, "__code__", None)
+    return (stock_code is not None and code is not None and code.co_code == stock_code.co_code
+            and code.co_names == stock_code.co_names and isinstance(getattr(block, "LayerNorm", None), nn.LayerNorm)
+            and isinstance(getattr(block, "dropout", None), nn.Dropout))
+
+
+def fuse_residual_norms_(model: nn.Module) -> int:
+    """Replace every BERT-style output block whose ``dense`` is quantized by a ``FusedResidualNorm`` (residual
+    add, LayerNorm and, after W8A8 layers, the next layers' int8 codes in one pass), in place; returns how many."""
+    from .residual_norm import FusedResidualNorm
+
+    stock_code = _stock_output_forward()
+    swaps = [(name, block) for name, block in model.named_modules()
+             if isinstance(getattr(block, "dense", None), QuantizedLinear) and _is_stock_output_block(block, stock_code)
+             and block.LayerNorm.elementwise_affine and block.LayerNorm.bias is not None]
+    for name, block in swaps:
+        fused = FusedResidualNorm(block.dense, block.LayerNorm, block.dropout, type(block).__name__,
+                                  prepare_output=block.dense.act_bits == 8)
+        model.set_submodule(name, fused)
+    return len(swaps)

@@ -326,10 +326,13 @@ def quantize_activations(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_per_token(x2)
 
 
+INT8_PER_TOKEN = "int8_per_token"  # the prepare_shared kind of W8A8's input codes (offered by fused producers)
+
+
 def quantize_per_token_shared(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize_activations`` through ``prepare_shared``."""
     # a lambda, not the function itself: the name is looked up per call (tests wrap it to count calls)
-    return prepare_shared("int8_per_token", x2, lambda t: quantize_activations(t))
+    return prepare_shared(INT8_PER_TOKEN, x2, lambda t: quantize_activations(t))
 
 
 _NO_BIAS = torch.empty(0)
@@ -346,7 +349,7 @@ def _w8a8(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
             return res  # (M, N), rescaled, + bias, activated
         y, codes, scale, finite = res
         if finite:  # the next W8A8 layer reading y finds its codes ready (prepare_shared)
-            offer_shared("int8_per_token", y, (codes, scale))
+            offer_shared(INT8_PER_TOKEN, y, (codes, scale))
         return y
     return _activate(_w8a8_unfused(mod, xq, xs, bias, out_dtype), activation)
 

@@ -354,8 +354,11 @@ class FusedActivation(nn.Module):
         return f"{self.activation}, applied by the preceding QuantizedLinear"
 
 
+from .residual_norm import FusedResidualNorm  # noqa: E402  (it needs only kernels.py, imported above)
+
 QUANTIZED_MODULES = {"QuantizedLinear": QuantizedLinear, "QuantizedConv2d": QuantizedConv2d,
-                     "QuantizedEmbedding": QuantizedEmbedding, "FusedActivation": FusedActivation}
+                     "QuantizedEmbedding": QuantizedEmbedding, "FusedActivation": FusedActivation,
+                     "FusedResidualNorm": FusedResidualNorm}
 
 
 def set_activation_dtype_(model: nn.Module, dtype: torch.dtype) -> nn.Module:

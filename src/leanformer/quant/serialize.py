@@ -157,7 +157,9 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
         model = _build_model(directory, meta)
     elif type(model).__name__ != meta["model"]["class"]:
         raise CheckpointError(f"checkpoint holds a {meta['model']['class']}, got a {type(model).__name__}")
-    for name, spec in meta["modules"].items():
+    # parents before children: a wrapper (FusedResidualNorm) takes the stock block's children, which the
+    # entries after it then replace
+    for name, spec in sorted(meta["modules"].items(), key=lambda item: item[0].count(".")):
         spec = dict(spec)
         cls = QUANTIZED_MODULES.get(spec.pop("type"))
         if cls is None:
@@ -166,7 +168,7 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
             old = model.get_submodule(name)
         except AttributeError as exc:
             raise CheckpointError(f"checkpoint module {name!r} does not exist in the {type(model).__name__}") from exc
-        new = cls.from_spec(spec)
+        new = cls.wrap(old, spec) if hasattr(cls, "wrap") else cls.from_spec(spec)  # wrappers keep old's children
         old_shape = _float_shape(old)
         if old_shape is not None and old_shape != _float_shape(new):
             raise CheckpointError(f"checkpoint does not match the model: {name!r} is {tuple(old_shape)} in the model "

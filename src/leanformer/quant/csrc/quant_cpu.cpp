@@ -252,6 +252,10 @@ bool amx_w4_ready();
 // short_attention.cpp
 torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const torch::Tensor& mask, double scale);
+// residual_norm.cpp
+std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const torch::Tensor& residual,
+                                               const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+                                               bool quantize);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
@@ -267,4 +271,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_w4_linear", &amx_w4_linear, "bf16 x int4 (unpacked in cache) on AMX tiles, float32 sums + bias, GELU, bf16 copy");
   m.def("amx_w4_ready", &amx_w4_ready, "True when the AMX int4 kernel can run in this process");
   m.def("short_attention", &short_attention, "softmax(q k^T * scale + mask) v per head, for short sequences");
+  m.def("residual_layer_norm", &residual_layer_norm, "LayerNorm(x + residual), quantize the result per row (fused)");
 }

@@ -1,0 +1,76 @@
+// LayerNorm(x + residual) in one pass over each row, with the per-token int8 codes of the result for the next
+// W8A8 layers (loaded by leanformer.quant.native; the Python side is leanformer.quant.fusion's
+// FusedResidualNorm).
+//
+// Why: after the attention-output and FFN-output GEMMs of a BERT layer, torch runs three passes over the
+// (tokens, hidden) activations - the residual add, LayerNorm, and the next layer's quantization - each
+// reading the whole tensor from memory. Here each row is added, normalised and quantized while it is in L1.
+//
+// Arithmetic: s = x + residual exactly as torch's add; mean and variance in float32 by two passes over the
+// row (torch uses a different summation order, so results are close to torch's, not bit for bit; the bound
+// against float64 is residual_norm.norm_reference's); out = (s - mean) * rstd * weight + bias. The
+// codes are quantize_row's (row_quant.h), so they equal quantize_rows(out) bit for bit.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "row_quant.h"
+
+namespace {
+// One row: out = LayerNorm(x + r) with float32 two-pass moments
+void norm_row(const float* x, const float* r, const float* w, const float* b, int64_t n, float eps, float* out) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < n; ++k) {
+    const float s = x[k] + r[k];
+    out[k] = s;
+    sum += s;
+  }
+  const float mean = sum / static_cast<float>(n);
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t k = 0; k < n; ++k) {
+    const float d = out[k] - mean;
+    sq += d * d;
+  }
+  const float rstd = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) out[k] = (out[k] - mean) * rstd * w[k] + b[k];
+}
+}  // namespace
+
+// x, residual (M, N) float32 contiguous; weight, bias (N,) float32; eps; quantize ->
+//   {out (M, N) = LayerNorm(x + residual), and when `quantize`: codes (M, N) int8, scale (M, 1), finite (bool)}
+std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const torch::Tensor& residual,
+                                               const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+                                               bool quantize) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "x: contiguous (M, N) float32 on CPU");
+  TORCH_CHECK(residual.scalar_type() == torch::kFloat32 && residual.sizes() == x.sizes() && residual.is_contiguous(),
+              "residual: contiguous float32 of x's shape ", x.sizes(), ", got ", residual.sizes());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  for (const auto* t : {&weight, &bias})
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 1 && t->size(0) == cols && t->is_contiguous(),
+                "weight and bias: contiguous (", cols, ",) float32");
+  auto out = torch::empty({rows, cols}, x.options());
+  auto codes = torch::empty({quantize ? rows : 0, cols}, x.options().dtype(torch::kInt8));
+  auto scale = torch::empty({quantize ? rows : 0, 1}, x.options());
+  std::atomic<bool> finite{true};
+  const float *xp = x.data_ptr<float>(), *rp = residual.data_ptr<float>();
+  const float *wp = weight.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      norm_row(xp + m * cols, rp + m * cols, wp, bp, cols, e, op + m * cols);
+      if (quantize && !quantize_row(op + m * cols, cols, codes.data_ptr<int8_t>() + m * cols,
+                                    scale.data_ptr<float>() + m))
+        finite = false;
+    }
+  });
+  return {out, codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+}
