@@ -73,6 +73,14 @@ def _policy(apply, **fields):
     return lambda model: _WithPolicy(apply(model), **fields)
 
 
+def _short_attention_only(model):
+    from leanformer.quant.attention import use_short_attention_
+
+    if not use_short_attention_(model):
+        raise RuntimeError("the model is not on SDPA attention")
+    return model
+
+
 METHODS = {  # name -> (provider, description, function model -> model)
     "w8": ("leanformer", "int8 per-channel weights, int8 embeddings", _ours(W8, EMB8)),
     "w8_emb4": ("leanformer", "int8 per-channel weights, int4 g16 embeddings", _ours(W8, EMB4)),
@@ -101,6 +109,12 @@ METHODS = {  # name -> (provider, description, function model -> model)
                     _policy(_ours(W8A8Config(), EMB8), amx_int8=False)),
     "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of the AMX kernel / oneDNN",
                    _policy(_ours(W8A8Config(), EMB8), amx_int8=False, onednn_int8=False)),
+    "w8a8_stock_attention": ("leanformer", "w8a8 with torch's SDPA attention (short_attention=False)",
+                             _ours(W8A8Config(short_attention=False), EMB8)),
+    "w4g64_stock_attention": ("leanformer", "w4g64 with torch's SDPA attention (short_attention=False)",
+                              _ours(W4G64.replace(short_attention=False), EMB8)),
+    "fp32_short_attention": ("leanformer", "the fp32 model, only switched to the short-sequence attention kernel "
+                             "(what attention alone gains)", _short_attention_only),
     "w8+bf16act": ("leanformer", "w8 with bf16 activations", _ours(W8, EMB8, act_dtype=torch.bfloat16)),
     "w4g64+bf16act": ("leanformer", "w4g64 with bf16 activations", _ours(W4G64, EMB8, act_dtype=torch.bfloat16)),
     "mixed8.5+bf16act": ("leanformer", "mixed8.5 with bf16 activations",
@@ -147,10 +161,16 @@ PEERS = {
 }
 
 
+def _has_quantized(model) -> bool:
+    from leanformer.quant import QuantizedLinear
+
+    return any(isinstance(m, QuantizedLinear) for m in model.modules())
+
+
 def _size_mb(model, provider) -> float:
     model = getattr(model, "inner", model)
     with tempfile.TemporaryDirectory() as tmp:
-        if provider == "leanformer":
+        if provider == "leanformer" and _has_quantized(model):
             path = save_quantized(model, Path(tmp) / "ck")
             return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".json")) / 1e6
         path = Path(tmp) / "model.pt"  # peers: their documented torch.save path (safetensors fails, see docs)
@@ -179,6 +199,25 @@ def _speedup(times: dict, base: str, k: str) -> float:
 
 def _median(times: dict) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ab_rounds(base, bf16, built: dict, batch, reps: int, rows: Rows) -> None:
+    """fp32, bf16 and every built model timed in the same rounds; per model the median and interquartile range
+    of the per-round fp32 / model time ratio."""
+    fns = {"fp32": lambda: base(**batch), "bf16": lambda: bf16(**batch)}
+    fns.update({name: (lambda m=model: m(**batch)) for name, (_, model) in built.items()})
+    times = _interleaved(fns, reps)
+    print(f"\ninterleaved A/B, batch 32, {reps} rounds: speed-up vs fp32, median (interquartile range)")
+    for name in fns:
+        if name == "fp32":
+            continue
+        ratios = sorted(b / q for b, q in zip(times["fp32"], times[name]))
+        q1, med, q3 = statistics.quantiles(ratios, n=4)
+        print(f"  {name:22s} {med:.2f}x ({q1:.2f}-{q3:.2f})  {statistics.median(times[name]) * 1e3:.1f} ms")
+        provider = built[name][0] if name in built else "torch"
+        rows.add("minilm", provider, "ab_speedup_b32_vs_fp32", "x", med,
+                 config={"method": name, "rounds": reps, "q1": q1, "q3": q3})
+    print(f"  fp32 {statistics.median(times['fp32']) * 1e3:.1f} ms")
 
 
 def _run_with(mod, x, **fields):
@@ -238,6 +277,9 @@ def main() -> int:
     ap.add_argument("--keep-memory-mapped", action="store_true",
                     help="glibc: keep freed memory mapped (mallopt), for every model alike: fewer page faults on the "
                     "large activations; see docs/quant.md")
+    ap.add_argument("--ab", action="store_true",
+                    help="also time fp32, bf16 and every chosen model in the same interleaved rounds at batch 32 "
+                    "(the comparison to trust between variants: separately timed rows drift apart on a shared VM)")
     ap.add_argument("--csv", default="quant", help="results file name under benchmarks/results/ (default quant)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -265,7 +307,7 @@ def main() -> int:
     print(f"MiniLM-L6, {args.threads} thread(s), batch-32 = {tuple(batch32['input_ids'].shape)} tokens, "
           f"torch {torch.__version__}")
     fp32_linear_mb = sum(m.weight.numel() * 4 for m in base.modules() if isinstance(m, torch.nn.Linear)) / 1e6
-    table = []
+    table, built = [], {}
     with torch.no_grad():
         bf16_fid = compare(ref, embed(bf16, tok, SENTENCES))
         table.append(("fp32", "torch", 1.0, 1.0, 1.0, _size_mb(base, "torch"), 0.0, 1.0, 1.0, 1.0, 1.0, fp32_linear_mb))
@@ -306,7 +348,11 @@ def main() -> int:
                                         ("speedup_b1_vs_fp32", "x", s1f), ("speedup_b1_vs_bf16", "x", s1b)]:
                 rows.add("minilm", provider, metric, unit, value, config=cfg)
             print(f"{name:16s} done: cos {fid.mean_cos:.4f} b32 {s32f:.2f}x fp32", flush=True)
-    _print_table(table)
+            if args.ab:
+                built[name] = (provider, model)
+        _print_table(table)
+        if args.ab:
+            ab_rounds(base, bf16, built, batch32, max(reps, 15), rows)
     if not args.no_kernels:
         kernel_sweep(rows, reps)
     path = rows.write()
@@ -317,7 +363,7 @@ def main() -> int:
 def _linear_mb(model, provider) -> float:
     """Bytes of the Linear layers' weight storage (codes + scales + zeros), as quantized."""
     model = getattr(model, "inner", model)
-    if provider == "leanformer":
+    if provider == "leanformer" and _has_quantized(model):
         from leanformer.quant import QuantizedLinear
 
         return sum(sum(b.numel() * b.element_size() for n, b in m.named_buffers() if n != "bias")
