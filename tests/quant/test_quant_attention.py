@@ -40,7 +40,7 @@ SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 24), (3, 2, 17, 33, 40), (2, 12, 18, 18,
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "keys_only"])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "keys_only", "per_row"])
 @pytest.mark.parametrize("strided", [True, False])
 def test_kernel_matches_the_float64_reference(shape, mask_kind, strided):
     b, h, sq, sk, d = shape
@@ -55,6 +55,11 @@ def test_kernel_matches_the_float64_reference(shape, mask_kind, strided):
         mask[..., -1] = -1e4 if sk > 2 else 0.0
     elif mask_kind == "keys_only":  # (B, 1, 1, Sk), broadcast over heads and queries
         mask = _padding(b, 1, sk)
+    elif mask_kind == "per_row":  # every query row its own random set of keys, the last ones often masked
+        gen = torch.Generator().manual_seed(4)
+        mask = torch.rand(b, h, sq, sk, generator=gen) < 0.5
+        mask[..., 0] = True
+        mask[..., sk // 2:] &= torch.rand(b, h, sq, 1, generator=gen) < 0.3
     got = short_attention(q, k, v, mask, scale=0.3)
     want = reference_attention(q, k, v, mask, scale=0.3)
     assert got.shape == (b, sq, h, d) and got.is_contiguous()
@@ -82,6 +87,15 @@ def test_a_nan_reaches_only_the_rows_that_read_it():
     rest = torch.ones_like(got, dtype=torch.bool)
     rest[0, 3, 1] = False
     assert not got[rest].isnan().any()
+
+
+def test_keys_after_the_last_attended_one_are_not_read():
+    q, k, v = _qkv(2, 2, 5, 20, 16, strided=False)
+    mask = torch.ones(2, 1, 5, 20, dtype=torch.bool)
+    mask[..., 7:] = False
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[:, :, 7:], v_bad[:, :, 7:] = float("nan"), float("nan")  # never read: exactly the same output
+    assert torch.equal(short_attention(q, k, v, mask), short_attention(q, k_bad, v_bad, mask))
 
 
 def test_masked_keys_get_exactly_zero_weight():

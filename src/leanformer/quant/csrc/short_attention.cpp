@@ -5,7 +5,8 @@
 // PyTorch's CPU flash-attention kernel spends most of its time on per-head setup. Here each head's keys are
 // transposed into an L1 buffer, blocks of up to 8 query rows get their scores, softmax and weighted sum of values
 // with 8 independent FMA chains, and the output is written straight into the (B, Sq, H, D) layout the model
-// reshapes to (B, Sq, H * D), with no transposed copies.
+// reshapes to (B, Sq, H * D), with no transposed copies. Keys after a row block's last attended key (the padding
+// of a padded batch) are left out of its scores and sums.
 //
 // Arithmetic: float32 throughout. Scores are float32 dot products summed over D in order (torch's order may
 // differ, so results agree to within a few ulps); the softmax subtracts the row maximum and the output is
@@ -99,8 +100,9 @@ struct RowBlock {
 
   // s[r] -> e_j = exp(s_j - max) in place; total[r] = sum_j e_j (0 if every key is masked, NaN for a NaN or
   // +inf score)
-  void weights(float* s, int64_t skp) {
-    for (int r = 0; r < R; ++r) total[r] = row_weights(s + r * skp, skp);
+  void weights(float* s, int64_t skp, int64_t sk) {
+    const int64_t padded = (sk + 15) / 16 * 16;  // scores past sk in the last vector hold -inf
+    for (int r = 0; r < R; ++r) total[r] = row_weights(s + r * skp, padded);
   }
 
   // out[r] = (sum_j e[r, j] v_j) / total[r]
@@ -183,6 +185,16 @@ struct Problem {
   float* out;  // (B, Sq, H, D)
 };
 
+// 1 + the index of the last key this mask row attends to (0 if none; all keys without a mask)
+int64_t attended_keys(const MaskView& mask, int64_t offset, int64_t sk) {
+  if (mask.kind == 1) {
+    while (sk > 0 && !mask.pb[offset + sk - 1]) --sk;
+  } else if (mask.kind == 2) {
+    while (sk > 0 && mask.pf[offset + sk - 1] == kNegInf) --sk;
+  }
+  return sk;
+}
+
 template <int R>
 void run_block(const Problem& p, int64_t b, int64_t h, int64_t i0, const float* kt, float* s) {
   RowBlock<R> blk;
@@ -192,9 +204,13 @@ void run_block(const Problem& p, int64_t b, int64_t h, int64_t i0, const float* 
     blk.out[r] = p.out + ((b * p.Sq + i) * p.H + h) * p.D;
     blk.mask_offset[r] = b * p.mask.sb + h * p.mask.sh + i * p.mask.sq;
   }
-  blk.scores(kt, p.D, p.Sk, p.skp, p.scale, p.mask, s);
-  blk.weights(s, p.skp);
-  blk.output(s, p.skp, p.v, b, h, p.Sk, p.D);
+  // keys after the block's last attended one have weight 0 in every row: leave them out (exactly the same
+  // sums; padded batches attend to a fraction of the padded length)
+  int64_t sk = 0;
+  for (int r = 0; r < R; ++r) sk = std::max(sk, attended_keys(p.mask, blk.mask_offset[r], p.Sk));
+  blk.scores(kt, p.D, sk, p.skp, p.scale, p.mask, s);
+  blk.weights(s, p.skp, sk);
+  blk.output(s, p.skp, p.v, b, h, sk, p.D);
 }
 
 // kt (D, skp) = head (b, h)'s keys transposed: key j in column j (columns past Sk stay 0)
