@@ -13,12 +13,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 build flags")]
 
 _BINDING = """
-#include <torch/extension.h>
-torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const torch::Tensor& mask, double scale);
-std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const torch::Tensor& residual,
-                                               const torch::Tensor& weight, const torch::Tensor& bias, double eps,
-                                               bool quantize);
+#include "native_api.h"
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("short_attention", &short_attention);
   m.def("residual_layer_norm", &residual_layer_norm);

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "native_api.h"
 #include "rescale_operands.h"
 #include "row_quant.h"
 
@@ -236,26 +237,6 @@ torch::Tensor group_sq_err(const torch::Tensor& w, const torch::Tensor& scale, c
   });
   return err;
 }
-
-// amx_int8.cpp
-bool amx_int8_ready();
-std::string amx_int8_status();
-std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
-                                           const torch::Tensor& packed, const torch::Tensor& col_scale,
-                                           const torch::Tensor& bias, int64_t activation, bool quantize);
-torch::Tensor amx_gelu_(torch::Tensor& x);
-// amx_w4.cpp
-std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
-                                         const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
-                                         int64_t activation, bool bf16_out);
-bool amx_w4_ready();
-// short_attention.cpp
-torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const torch::Tensor& mask, double scale);
-// residual_norm.cpp
-std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const torch::Tensor& residual,
-                                               const torch::Tensor& weight, const torch::Tensor& bias, double eps,
-                                               bool quantize);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");

@@ -1,0 +1,28 @@
+// The kernels defined in the other source files, declared once for the bindings in quant_cpu.cpp (and for
+// tests that build some of the files on their own, tests/quant/test_quant_portable_build.py).
+#pragma once
+#include <torch/extension.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+// amx_int8.cpp
+bool amx_int8_ready();
+std::string amx_int8_status();
+std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                           const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                           const torch::Tensor& bias, int64_t activation, bool quantize);
+torch::Tensor amx_gelu_(torch::Tensor& x);
+// amx_w4.cpp
+std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
+                                         const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
+                                         int64_t activation, bool bf16_out);
+bool amx_w4_ready();
+// short_attention.cpp
+torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& mask, double scale);
+// residual_norm.cpp
+std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const torch::Tensor& residual,
+                                               const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+                                               bool quantize);
