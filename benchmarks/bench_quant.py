@@ -240,7 +240,7 @@ def kernel_sweep(rows: Rows, reps: int) -> None:
     lin_bf16 = copy.deepcopy(lin).to(torch.bfloat16)
     set_policy(share_prepared_inputs=False)  # one x is timed over and over: each call must prepare it afresh
     print("\nkernel sweep, 384 -> 1536 (ms; x = speed-up vs fp32 F.linear)")
-    for m in (1, 4, 16, 64, 256, 640):
+    for m in (1, 4, 8, 12, 16, 24, 64, 256, 640):
         x = torch.randn(m, 384)
         fns = {"fp32": lambda: lin(x), "bf16": lambda: lin_bf16(x.to(torch.bfloat16))}
         for fmt, mod in mods.items():
