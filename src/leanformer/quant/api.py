@@ -169,7 +169,6 @@ def _tied_weights(model: nn.Module) -> set[int]:
     return {k for k, n in seen.items() if n > 1}
 
 
-@torch.no_grad()
 def fuse_for_inference_(model: nn.Module, report: QuantReport, *, fuse: bool, short_attention: bool) -> None:
     """The model-level steps after quantizing its layers, recorded in ``report``: fused feed-forward blocks
     (``fusion.py``) and the short-sequence attention kernel (``attention.py``)."""
@@ -184,6 +183,7 @@ def fuse_for_inference_(model: nn.Module, report: QuantReport, *, fuse: bool, sh
         report.short_attention = use_short_attention_(model)
 
 
+@torch.no_grad()
 def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | None = None,
               example_inputs=None) -> QuantReport:
     """Quantize ``model`` in place. ``filter_fn(module, name) -> bool`` narrows which modules are touched.
