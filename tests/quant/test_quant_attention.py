@@ -203,3 +203,21 @@ def test_checkpoints_restore_it(tmp_path):
     quantize_(stock, W8A8Config(short_attention=False))
     save_quantized(stock, tmp_path / "s")
     assert load_quantized(tmp_path / "s").config._attn_implementation == "sdpa"
+
+
+def test_a_pickled_model_runs_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = _bert()
+    quantize_(model, W8A8Config())
+    with torch.no_grad():
+        want = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    torch.save({"model": model, "ids": IDS, "mask": MASK, "want": want}, tmp_path / "model.pt")
+    code = (f"import torch; d = torch.load({str(tmp_path / 'model.pt')!r}, weights_only=False)\n"
+            "with torch.no_grad():\n"
+            "    got = d['model'](input_ids=d['ids'], attention_mask=d['mask']).last_hidden_state\n"
+            f"assert d['model'].config._attn_implementation == {ATTENTION_NAME!r}\n"
+            "assert torch.equal(got, d['want']), (got - d['want']).abs().max()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -130,3 +130,19 @@ def test_checkpoints_restore_the_fused_blocks(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=IDS).last_hidden_state, model(input_ids=IDS).last_hidden_state)
     assert copy.deepcopy(loaded).encoder.layer[0].attention.output.stock == "BertSelfOutput"
+
+
+def test_a_fused_block_recorded_for_another_module_is_a_clear_error(tmp_path):
+    import json
+
+    from leanformer.quant.serialize import CheckpointError
+
+    model = _bert()
+    quantize_(model, W8A8Config())
+    path = save_quantized(model, tmp_path / "q")
+    meta_file = next(p for p in path.iterdir() if p.name.endswith(".json") and p.name != "config.json")
+    meta = json.loads(meta_file.read_text())
+    meta["modules"]["encoder.layer.0.attention.self"] = meta["modules"].pop("encoder.layer.0.attention.output")
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="attention.self"):
+        load_quantized(path)

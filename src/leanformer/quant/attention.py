@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = ["ATTENTION_NAME", "MAX_KEYS", "ABS_BOUND", "short_attention", "reference_attention", "use_short_attention_",
-           "short_attention_applies"]
+           "short_attention_applies", "register_attention"]
 
 ATTENTION_NAME = "leanformer_short"  # the attention implementation name registered with transformers
 MAX_KEYS = 256  # longer sequences keep torch's flash kernel, which tiles the keys
@@ -92,7 +92,7 @@ def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.
                                   **kwargs)
 
 
-def _register() -> None:
+def register_attention() -> None:
     """Add the name to transformers' attention and mask registries (once; other names are untouched). The mask
     is built as for SDPA: a custom name without a mask function would get no padding mask at all."""
     from transformers import AttentionInterface
@@ -112,6 +112,6 @@ def use_short_attention_(model: nn.Module) -> bool:
         return True
     if current != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False
-    _register()
+    register_attention()
     model.set_attn_implementation(ATTENTION_NAME)
     return config._attn_implementation == ATTENTION_NAME

@@ -12,6 +12,8 @@ and dropped whenever a state dict is loaded.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -64,6 +66,16 @@ class _PackedWeightMixin(nn.Module):
         # the cache is derived and process-local (oneDNN's packed weights cannot even be copied or pickled):
         # copies and pickles start without it and rebuild it on first use
         return {**self.__dict__, "_cache": {}}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # an unpickled quantized model may name leanformer's attention implementation in its config, which a
+        # fresh process has not registered with transformers yet (a KeyError on the first forward otherwise);
+        # transformers is imported by then, for the model's own class
+        if "transformers" in sys.modules:
+            from .attention import register_attention
+
+            register_attention()
 
     # -- storage <-> QuantizedWeight
     def set_quantized(self, qw: QuantizedWeight) -> None:

@@ -168,7 +168,11 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
             old = model.get_submodule(name)
         except AttributeError as exc:
             raise CheckpointError(f"checkpoint module {name!r} does not exist in the {type(model).__name__}") from exc
-        new = cls.wrap(old, spec) if hasattr(cls, "wrap") else cls.from_spec(spec)  # wrappers keep old's children
+        try:
+            new = cls.wrap(old, spec) if hasattr(cls, "wrap") else cls.from_spec(spec)  # wrappers keep old's children
+        except (AttributeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint module {name!r} ({spec.get('stock', cls.__name__)}) does not fit the "
+                                  f"model's {type(old).__name__}: {exc}") from exc
         old_shape = _float_shape(old)
         if old_shape is not None and old_shape != _float_shape(new):
             raise CheckpointError(f"checkpoint does not match the model: {name!r} is {tuple(old_shape)} in the model "
