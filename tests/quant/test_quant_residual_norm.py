@@ -146,3 +146,18 @@ def test_a_fused_block_recorded_for_another_module_is_a_clear_error(tmp_path):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="attention.self"):
         load_quantized(path)
+
+
+@pytest.mark.parametrize("family", ["Roberta", "Electra", "XLMRoberta"])
+def test_bert_family_copies_are_fused_too(family):
+    cfg = getattr(transformers, f"{family}Config")(vocab_size=97, hidden_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=128,
+                                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    fused = getattr(transformers, f"{family}Model")(cfg).eval()
+    plain = copy.deepcopy(fused)
+    assert quantize_(fused, WeightOnlyConfig(bits=8, group_size=None, fuse=True)).fused_norms == 4
+    quantize_(plain, WeightOnlyConfig(bits=8, group_size=None, fuse=False))
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (fused(input_ids=ids).last_hidden_state - plain(input_ids=ids).last_hidden_state).abs().max() <= 1e-4
