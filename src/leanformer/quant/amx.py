@@ -55,11 +55,9 @@ ACTIVATION_CODES = {None: 0, "gelu": 1}  # the kernels' epilogue activations (mo
 def kernel_ops(kernel: str, activation: str | None):
     """(native ops that run ``kernel``, the kernels' code for its epilogue ``activation``); a clear error for
     an unknown activation or if the native kernels are unavailable here."""
-    from .native import native_ops
+    from .native import required_native_ops
 
-    ops = native_ops()
-    if ops is None:
-        raise RuntimeError(f"{kernel} needs leanformer's native CPU kernels, which are unavailable here")
+    ops = required_native_ops(kernel)
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {sorted(map(str, ACTIVATION_CODES))}, got {activation!r}")
     return ops, ACTIVATION_CODES[activation]

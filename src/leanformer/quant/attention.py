@@ -47,11 +47,9 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     ``mask``: None, or broadcastable to (B, H, Sq, Sk) with size-1 dimensions, bool (True attends) or float
     (added to the scores). ``scale`` defaults to D ** -0.5.
     """
-    from .native import native_ops
+    from .native import required_native_ops
 
-    ops = native_ops()
-    if ops is None:
-        raise RuntimeError("short_attention needs leanformer's native CPU kernels, which are unavailable here")
+    ops = required_native_ops("short_attention")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 4:
             raise ValueError(f"short_attention: {name} must be a 4-D float32 CPU tensor, got {tuple(t.shape)} "

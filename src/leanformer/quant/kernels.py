@@ -161,13 +161,18 @@ def _epilogue(y: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
     return (y + bias.to(y.dtype)).to(out_dtype)
 
 
-_CAST_BF16 = f"cast_{torch.bfloat16}"  # the prepare_shared kind of the bf16 copy weight-only kernels read
+def _cast_kind(dtype: torch.dtype) -> str:
+    """The prepare_shared kind of an input's copy in ``dtype``."""
+    return f"cast_{dtype}"
+
+
+_CAST_BF16 = _cast_kind(torch.bfloat16)  # the bf16 copy weight-only kernels read, which the AMX int4 kernel offers
 
 
 def _shared_cast(x2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x2`` in ``dtype``, cast once per input tensor for all the layers that read it (q/k/v), or the copy a
     fused kernel offered for it (``offer_shared``)."""
-    return x2 if x2.dtype == dtype else prepare_shared(f"cast_{dtype}", x2, lambda t: t.to(dtype))
+    return x2 if x2.dtype == dtype else prepare_shared(_cast_kind(dtype), x2, lambda t: t.to(dtype))
 
 
 def _dequant(mod, x2, bias, out_dtype):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_ops", "native_status", "native_built"]
+__all__ = ["native_ops", "required_native_ops", "native_status", "native_built"]
 
 _SOURCES = [Path(__file__).parent / "csrc" / name for name in ("quant_cpu.cpp", "amx_int8.cpp", "amx_w4.cpp",
                                                                    "short_attention.cpp", "residual_norm.cpp")]
@@ -59,6 +59,16 @@ def native_ops():
         if "ops" not in _STATE:
             _STATE["ops"] = _build()
     return _STATE["ops"]
+
+
+def required_native_ops(kernel: str):
+    """``native_ops()`` for a caller that has no fallback: a clear error naming ``kernel`` when they are
+    unavailable here."""
+    ops = native_ops()
+    if ops is None:
+        raise RuntimeError(f"{kernel} needs leanformer's native CPU kernels, which are unavailable here "
+                           f"({native_status()})")
+    return ops
 
 
 def native_built() -> bool:
