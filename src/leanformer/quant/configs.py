@@ -38,9 +38,8 @@ class WeightOnlyConfig(BaseConfig):
     act_weighting: weight the error by each input feature's mean square, measured in one forward pass on
     random token ids (no data; ``calib.py``). Needs a model with ``config.vocab_size`` or ``example_inputs``.
     fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel, and each output block's
-    residual add + LayerNorm as one pass (``fusion.py``). Off by
-    default: on MiniLM it made weight-only int4 slower here (2.00x fp32 fused vs 2.11-2.15x unfused, 1 thread),
-    unlike W8A8, where it is on.
+    residual add + LayerNorm as one pass (``fusion.py``). On by default since the kernels' GELU became a
+    rational function (docs/quant.md, "Fusion"); before that the fused GELU made int4 MiniLM slower.
     short_attention: switch a transformers model on SDPA attention to leanformer's short-sequence attention
     kernel for float32 CPU inference (``attention.py``; exact attention, other calls keep SDPA).
     """
@@ -52,7 +51,7 @@ class WeightOnlyConfig(BaseConfig):
     refine_steps: int = 3
     scale_dtype: str = "float16"
     act_weighting: bool = False
-    fuse: bool = False
+    fuse: bool = True
     short_attention: bool = True
 
     def _validate(self) -> None:
