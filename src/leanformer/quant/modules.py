@@ -314,6 +314,26 @@ class QuantizedEmbedding(_PackedWeightMixin):
         return mod
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ops = self._native_ops(ids)
+        if ops is None:
+            return self.forward_reference(ids)
+        scale, zero = self.kernel_cache("embedding_rows", self._float_tables)
+        out = ops.embedding_rows(self.qweight, scale, zero, ids.reshape(-1).contiguous())  # (T, K) float32
+        return out.view(*ids.shape, self.embedding_dim).to(self.out_dtype)
+
+    def _native_ops(self, ids: torch.Tensor):
+        """The fused gather (``csrc/embedding_rows.cpp``, bit-identical) for 8-bit tables and int64 ids on CPU."""
+        if self.bits <= 4 or ids.dtype != torch.int64 or self.qweight.device.type != "cpu" or ids.device.type != "cpu":
+            return None
+        return native_ops_for(ids)
+
+    def _float_tables(self):
+        """(V, G) float32 scales and zero points (an empty tensor for symmetric tables), as the reference casts them."""
+        zero = torch.empty(0) if self.zero is None else self.zero.float().contiguous()
+        return self.scale.float().contiguous(), zero
+
+    def forward_reference(self, ids: torch.Tensor) -> torch.Tensor:
+        """The eager lookup: gather the codes, cast, subtract the zero points, scale."""
         flat = ids.reshape(-1)
         k, gs = self.embedding_dim, self.group_size or self.embedding_dim
         codes = unpack_codes(self.qweight[flat], k, self.bits, signed=self.signed).float()  # (T, K)

@@ -26,3 +26,6 @@ torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, co
 std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const torch::Tensor& residual,
                                                const torch::Tensor& weight, const torch::Tensor& bias, double eps,
                                                bool quantize);
+// embedding_rows.cpp
+torch::Tensor embedding_rows(const torch::Tensor& codes, const torch::Tensor& scale, const torch::Tensor& zero,
+                             const torch::Tensor& ids);
