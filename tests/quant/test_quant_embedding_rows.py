@@ -4,15 +4,6 @@ import torch
 import torch.nn as nn
 
 from leanformer.quant import EmbeddingConfig, QuantizedEmbedding, quantize_
-from leanformer.quant.native import native_ops, native_status
-
-
-@pytest.fixture(scope="module")
-def ops():
-    loaded = native_ops()
-    if loaded is None:
-        pytest.skip(f"native kernels not built here: {native_status()}")
-    return loaded
 
 
 def _table(vocab, dim, cfg, seed=0):
@@ -34,9 +25,8 @@ def _count_native_calls(monkeypatch, ops):
         def __getattr__(self, name):
             return (lambda *a: (calls.append(name), real(*a))[1]) if name == "embedding_rows" else getattr(ops, name)
 
-    from leanformer.quant import kernels
-    monkeypatch.setattr(kernels, "native_ops_for", lambda x: Counting())
     from leanformer.quant import modules
+
     monkeypatch.setattr(modules, "native_ops_for", lambda x: Counting())
     return calls
 

@@ -7,14 +7,6 @@ from leanformer.quant import kernels, native
 from leanformer.quant.native import native_ops, native_status
 
 
-@pytest.fixture(scope="module")
-def ops():
-    loaded = native_ops()
-    if loaded is None:
-        pytest.skip(f"native kernels not built here: {native_status()}")
-    return loaded
-
-
 @pytest.fixture(autouse=True)
 def _native_on():
     set_policy(native=True)
