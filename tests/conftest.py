@@ -28,3 +28,14 @@ def saved_tensor_bytes(fn, *args, **kwargs) -> tuple[object, int]:
 
     out, nbytes, _ = saved_bytes(fn, *args, **kwargs)
     return out, nbytes
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """leanformer.quant's compiled native kernels; the test is skipped where they cannot be built."""
+    from leanformer.quant.native import native_ops, native_status
+
+    loaded = native_ops()
+    if loaded is None:
+        pytest.skip(f"native kernels not built here: {native_status()}")
+    return loaded

@@ -167,10 +167,8 @@ def test_cpus_without_amx_never_try_it(monkeypatch, fresh_check):
 
 
 def test_status_without_building_says_not_checked(monkeypatch, fresh_check):
-    from leanformer.quant import native
-
     monkeypatch.setattr(amx, "cpu_has", lambda *names: True)
-    monkeypatch.setattr(native, "native_built", lambda: False)
+    monkeypatch.setattr(amx, "native_built", lambda: False)
     assert amx_int8_status(build=False).startswith("not checked yet")
 
 

@@ -22,9 +22,10 @@ import functools
 import torch
 
 from .cpu_features import cpu_has
+from .native import native_built, native_ops, native_status, required_native_ops
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "ACTIVATION_CODES", "kernel_ops", "probe_status"]
+           "amx_int8_linear", "run_amx_int8", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product
@@ -55,12 +56,14 @@ ACTIVATION_CODES = {None: 0, "gelu": 1}  # the kernels' epilogue activations (mo
 def kernel_ops(kernel: str, activation: str | None):
     """(native ops that run ``kernel``, the kernels' code for its epilogue ``activation``); a clear error for
     an unknown activation or if the native kernels are unavailable here."""
-    from .native import required_native_ops
+    return required_native_ops(kernel), activation_code(activation)
 
-    ops = required_native_ops(kernel)
+
+def activation_code(activation: str | None) -> int:
+    """The kernels' code for an epilogue ``activation``; a clear error for an unknown one."""
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {sorted(map(str, ACTIVATION_CODES))}, got {activation!r}")
-    return ops, ACTIVATION_CODES[activation]
+    return ACTIVATION_CODES[activation]
 
 
 def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Tensor, col_scale: torch.Tensor,
@@ -72,6 +75,12 @@ def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Ten
     codes, computed while each block is in cache: ``(out, codes, scale, finite)``, equal to ``quantize_rows(out)``.
     """
     ops, act = kernel_ops("amx_int8_linear", activation)
+    return run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act, quantize_output)
+
+
+def run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act: int, quantize_output: bool):
+    """``amx_int8_linear`` with the native ops and the activation code already resolved (kernels.py's per-call
+    path, which has checked both)."""
     out, codes, scale, finite = ops.amx_int8_linear(xq.contiguous(), row_scale.contiguous(), packed,
                                                     col_scale.contiguous(), _NO_BIAS if bias is None else bias.contiguous(),
                                                     act, quantize_output)
@@ -104,8 +113,6 @@ def _probe_matches_reference() -> bool:
 def _check() -> tuple[bool, str]:
     if not cpu_has("amx_tile"):  # torch has no AMX-INT8 probe; the build checks it (__AMX_INT8__ with -march=native)
         return False, "off: this CPU has no AMX"
-    from .native import native_ops, native_status
-
     ops = native_ops()
     if ops is None:
         return False, f"off: native kernels {native_status()}"
@@ -134,8 +141,6 @@ def amx_int8_available() -> bool:
 def amx_int8_status(build: bool = True) -> str:
     """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
     if not build and _check.cache_info().currsize == 0:
-        from .native import native_built
-
         if cpu_has("amx_tile") and not native_built():
             return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
     return _check()[1]

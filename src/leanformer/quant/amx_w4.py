@@ -14,6 +14,7 @@ import functools
 import torch
 
 from .amx import TILE_ROWS, amx_int8_available, amx_int8_status, kernel_ops, probe_status
+from .native import native_ops
 
 __all__ = ["PAIR_DEPTH", "amx_w4_available", "amx_w4_status", "amx_w4_shape_ok", "pack_amx_int4", "amx_w4_linear",
            "w4_reference"]
@@ -84,8 +85,6 @@ def _probe_w4_within_bound() -> bool:
 def _check_w4() -> tuple[bool, str]:
     if not amx_int8_available():  # the same build, tile grant and CPU
         return False, amx_int8_status()
-    from .native import native_ops
-
     ops = native_ops()
     if not hasattr(ops, "amx_w4_ready") or not ops.amx_w4_ready():
         return False, "off: built without AMX-BF16"

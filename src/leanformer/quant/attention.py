@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .native import native_ops, required_native_ops
+
 __all__ = ["ATTENTION_NAME", "MAX_KEYS", "ABS_BOUND", "short_attention", "reference_attention", "use_short_attention_",
            "short_attention_applies", "register_attention"]
 
@@ -47,8 +49,6 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     ``mask``: None, or broadcastable to (B, H, Sq, Sk) with size-1 dimensions, bool (True attends) or float
     (added to the scores). ``scale`` defaults to D ** -0.5.
     """
-    from .native import required_native_ops
-
     ops = required_native_ops("short_attention")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 4:
@@ -68,8 +68,6 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
 
 def short_attention_applies(module: nn.Module, q, k, v, mask, dropout: float, kwargs: dict) -> bool:
     """True when this call can take the short kernel; otherwise transformers' SDPA attention runs it."""
-    from .native import native_ops
-
     causal = kwargs.get("is_causal", getattr(module, "is_causal", False))
     return (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32 and not causal
             and (dropout == 0.0 or not module.training) and not kwargs.get("output_attentions", False)

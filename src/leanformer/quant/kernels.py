@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .amx import amx_int8_available, amx_int8_linear, amx_shape_ok, pack_amx_weight
+from .amx import activation_code, amx_int8_available, amx_shape_ok, pack_amx_weight, run_amx_int8
 from .amx_w4 import amx_w4_available, amx_w4_linear, amx_w4_shape_ok, pack_amx_int4
 from .cpu_features import cpu_has
+from .native import native_ops
 from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
@@ -316,8 +317,6 @@ def native_ops_for(x2: torch.Tensor):
     """The fused CPU ops for this input, or None (other devices, compiling, disabled, or failed to build)."""
     if x2.device.type != "cpu" or torch.compiler.is_compiling():
         return None
-    from .native import native_ops
-
     return native_ops()
 
 
@@ -345,11 +344,13 @@ _NO_BIAS = torch.empty(0)
 
 def _w8a8(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
     xq, xs = quantize_per_token_shared(x2)  # (M, K) int8, (M, 1)
-    if out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and _amx_applies(mod, xq):
+    ops = native_ops_for(xq)  # resolved once per call (the native module's lookup is a measurable cost here)
+    if (out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and ops is not None
+            and _amx_applies(mod)):
         packed = mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
         ws = _w8a8_scale(mod).view(-1)
         prepare_output = prepare_output and _may_share(x2)
-        res = amx_int8_linear(xq, xs, packed, ws, bias, activation=activation, quantize_output=prepare_output)
+        res = run_amx_int8(ops, xq, xs, packed, ws, bias, activation_code(activation), prepare_output)
         if not prepare_output:
             return res  # (M, N), rescaled, + bias, activated
         y, codes, scale, finite = res
@@ -380,10 +381,9 @@ def _w8a8_unfused(mod, xq, xs, bias, out_dtype):
     return _epilogue(y, bias, out_dtype)
 
 
-def _amx_applies(mod, xq: torch.Tensor) -> bool:
-    # the kernel lives in the native module: set_policy(native=False) turns it off too
-    return (_POLICY.amx_int8 and amx_shape_ok(mod.out_features, mod.in_features)
-            and native_ops_for(xq) is not None and amx_int8_available())
+def _amx_applies(mod) -> bool:
+    # (with the native ops available: the kernel lives there, so set_policy(native=False) turns it off too)
+    return _POLICY.amx_int8 and amx_shape_ok(mod.out_features, mod.in_features) and amx_int8_available()
 
 
 def _int8_product(mod, xq: torch.Tensor) -> torch.Tensor:

@@ -43,10 +43,15 @@ def _extension_name() -> str:
     return f"leanformer_quant_cpu_{capability}{'_amx' if cpu_has('amx_tile') else ''}"
 
 
-def _enabled() -> bool:
-    from .kernels import get_policy
+_GET_POLICY = []  # kernels.get_policy, bound on first use (kernels.py imports this module)
 
-    return get_policy().native and os.environ.get("LEANFORMER_NATIVE", "1") != "0"
+
+def _enabled() -> bool:
+    if not _GET_POLICY:
+        from .kernels import get_policy
+
+        _GET_POLICY.append(get_policy)
+    return _GET_POLICY[0]().native and os.environ.get("LEANFORMER_NATIVE", "1") != "0"
 
 
 def native_ops():
