@@ -209,7 +209,8 @@ def ab_rounds(base, bf16, built: dict, batch, reps: int, rows: Rows) -> None:
     of the per-round fp32 / model time ratio."""
     fns = {"fp32": lambda: base(**batch), "bf16": lambda: bf16(**batch)}
     fns.update({name: (lambda m=model: m(**batch)) for name, (_, model) in built.items()})
-    times = _interleaved(fns, reps)
+    probes = _machine_probes()
+    times = _interleaved({**fns, **probes}, reps)
     print(f"\ninterleaved A/B, batch 32, {reps} rounds: speed-up vs fp32, median (interquartile range)")
     for name in fns:
         if name == "fp32":
@@ -221,6 +222,42 @@ def ab_rounds(base, bf16, built: dict, batch, reps: int, rows: Rows) -> None:
         rows.add("minilm", provider, "ab_speedup_b32_vs_fp32", "x", med,
                  config={"method": name, "rounds": reps, "q1": q1, "q3": q3})
     print(f"  fp32 {statistics.median(times['fp32']) * 1e3:.1f} ms")
+    if probes:
+        _report_probes(times, [n for n in fns if n != "fp32"], rows)
+
+
+def _machine_probes() -> dict:
+    """Two fixed products timed in every A/B round: MiniLM's FFN-in shape (576x384 @ 384x1536) as fp32 F.linear
+    and on the AMX int8 tiles (no GELU). Their ratio says how much of the AMX unit this round had: on this
+    shared VM it swings by up to ~3x while fp32 moves far less, and the quantized models' speed-ups follow."""
+    from leanformer.quant import amx
+
+    if not amx.amx_int8_available():
+        return {}
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(576, 384, generator=gen), torch.randn(1536, 384, generator=gen)
+    xq = torch.randint(-128, 128, (576, 384), dtype=torch.int8, generator=gen)
+    packed = amx.pack_amx_weight(torch.randint(-128, 128, (1536, 384), dtype=torch.int8, generator=gen))
+    rs, cs = torch.rand(576, 1, generator=gen), torch.rand(1536, generator=gen)
+    return {"probe_fp32": lambda: torch.nn.functional.linear(x, w),
+            "probe_amx": lambda: amx.amx_int8_linear(xq, rs, packed, cs)}
+
+
+def _report_probes(times: dict, names: list, rows: Rows) -> None:
+    """The per-round probe ratio, and each model's median speed-up in the rounds where the AMX unit was
+    faster (probe ratio above its median) and slower."""
+    probe = [f / a for f, a in zip(times["probe_fp32"], times["probe_amx"])]
+    cut = statistics.median(probe)
+    q1, _, q3 = statistics.quantiles(probe, n=4)
+    print(f"  machine probe (FFN-in product, fp32 / AMX int8 time per round): median {cut:.1f}x ({q1:.1f}-{q3:.1f})")
+    rows.add("minilm", "machine", "probe_fp32_over_amx", "x", cut, config={"q1": q1, "q3": q3})
+    for name in names:
+        ratios = [b / q for b, q in zip(times["fp32"], times[name])]
+        fast = statistics.median([r for r, p in zip(ratios, probe) if p >= cut])
+        slow = statistics.median([r for r, p in zip(ratios, probe) if p < cut])
+        print(f"    {name:22s} {fast:.2f}x in the rounds with the faster AMX unit, {slow:.2f}x in the others")
+        rows.add("minilm", "machine", "ab_speedup_by_probe", "x", fast, config={"method": name, "half": "faster_amx"})
+        rows.add("minilm", "machine", "ab_speedup_by_probe", "x", slow, config={"method": name, "half": "slower_amx"})
 
 
 def _run_with(mod, x, **fields):
