@@ -83,7 +83,6 @@ def _short_attention_only(model):
 
 METHODS = {  # name -> (provider, description, function model -> model)
     "w8": ("leanformer", "int8 per-channel weights, int8 embeddings", _ours(W8, EMB8)),
-    "w8_unfused": ("leanformer", "w8 without fusion (fuse=False)", _ours(W8.replace(fuse=False), EMB8)),
     "w8_emb4": ("leanformer", "int8 per-channel weights, int4 g16 embeddings", _ours(W8, EMB4)),
     "w4g64_rtn": ("leanformer", "int4 sym g64 RTN (plain)", _ours(WeightOnlyConfig(bits=4, group_size=64, symmetric=True,
                                                                                     clip_search=False, refine_steps=0), EMB8)),
@@ -93,12 +92,10 @@ METHODS = {  # name -> (provider, description, function model -> model)
                     _policy(_ours(W4G64, EMB8), native=False)),
     "w4g64_dequant": ("leanformer", "w4g64 with the AMX int4 kernel off (unpack to bf16 + oneDNN GEMM)",
                       _policy(_ours(W4G64, EMB8), amx_w4=False)),
-    "w4g64_unfused": ("leanformer", "w4g64 without fusion (fuse=False: GELU and residual + LayerNorm as separate "
-                                    "passes)", _ours(W4G64.replace(fuse=False), EMB8)),
+    "w4g64_fused": ("leanformer", "w4g64 with fuse_feed_forward_ (off by default for weight-only)",
+                    _ours(W4G64.replace(fuse=True), EMB8)),
     "w4g32": ("leanformer", "same at g32", _ours(W4G64.replace(group_size=32), EMB8)),
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
-    "mixed8.5_unfused": ("leanformer", "mixed8.5 without fusion (fuse=False)",
-                         _ours(MixedPrecisionConfig(low=W4G64.replace(fuse=False), budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
                       _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
     "w8a8": ("leanformer", "dynamic W8A8 per-token: AMX kernel with fused rescale (+ GELU and the next "

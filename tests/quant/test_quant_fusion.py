@@ -181,7 +181,7 @@ def test_codebook_layers_are_left_alone():
     assert fuse_feed_forward_(model) == 0
 
 
-W4 = WeightOnlyConfig(bits=4, group_size=64)
+W4 = WeightOnlyConfig(bits=4, group_size=64, fuse=True)  # fusion is opt-in for weight-only layers
 
 
 @needs_amx
@@ -213,7 +213,7 @@ def test_fused_w4_bert_matches_unfused_and_skips_a_cast(monkeypatch):
     fused, plain = _bert(), _bert()
     assert quantize_(fused, W4).fused == 2
     quantize_(plain, W4.replace(fuse=False))
-    assert quantize_(_bert(), WeightOnlyConfig(bits=4, group_size=64, fuse=False)).fused == 0
+    assert quantize_(_bert(), WeightOnlyConfig(bits=4, group_size=64)).fused == 0  # the default
     assert fused.encoder.layer[0].intermediate.dense.prepare_output
     casts = _count_bf16_casts(monkeypatch)
     with torch.no_grad():
@@ -228,14 +228,14 @@ def test_fused_w4_bert_matches_unfused_and_skips_a_cast(monkeypatch):
         assert torch.equal(fused(input_ids=IDS).last_hidden_state, plain(input_ids=IDS).last_hidden_state)
 
 
-def test_mixed_precision_fuses_too_unless_either_config_says_no():
+def test_mixed_precision_fuses_too():
     from leanformer.quant import MixedPrecisionConfig
 
-    report = quantize_(_bert(), MixedPrecisionConfig(low=W4, budget_mb=0.2), example_inputs={"input_ids": IDS})
+    model = _bert()
+    high = MixedPrecisionConfig().high.replace(fuse=True)
+    report = quantize_(model, MixedPrecisionConfig(low=W4, high=high, budget_mb=0.2),
+                       example_inputs={"input_ids": IDS})
     assert report.fused == 2
-    high = MixedPrecisionConfig().high.replace(fuse=False)
-    report = quantize_(_bert(), MixedPrecisionConfig(low=W4, high=high, budget_mb=0.2), example_inputs={"input_ids": IDS})
-    assert report.fused == 0 and report.fused_norms == 0
 
 
 def test_fusing_twice_is_a_no_op():

@@ -38,8 +38,9 @@ class WeightOnlyConfig(BaseConfig):
     act_weighting: weight the error by each input feature's mean square, measured in one forward pass on
     random token ids (no data; ``calib.py``). Needs a model with ``config.vocab_size`` or ``example_inputs``.
     fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel, and each output block's
-    residual add + LayerNorm as one pass (``fusion.py``). On by default since the kernels' GELU became a
-    rational function (docs/quant.md, "Fusion"); before that the fused GELU made int4 MiniLM slower.
+    residual add + LayerNorm as one pass (``fusion.py``). Off by default: on int4 MiniLM it does not pay here
+    (1 thread, interleaved A/Bs, fp32 speed-up fused vs unfused: 1.79 vs 1.92x, 1.88 vs 2.00x, 1.82 vs 1.96x,
+    once 2.14 vs 2.01x; docs/quant.md), unlike W8A8, where it is on.
     short_attention: switch a transformers model on SDPA attention to leanformer's short-sequence attention
     kernel for float32 CPU inference (``attention.py``; exact attention, other calls keep SDPA).
     """
@@ -51,7 +52,7 @@ class WeightOnlyConfig(BaseConfig):
     refine_steps: int = 3
     scale_dtype: str = "float16"
     act_weighting: bool = False
-    fuse: bool = True
+    fuse: bool = False
     short_attention: bool = True
 
     def _validate(self) -> None:
