@@ -97,7 +97,7 @@ def _build():
 
         # a cached build loads in well under a second; say something only when a real compile is under way
         notice = threading.Timer(2.0, lambda: print("leanformer: compiling the native quantization CPU kernels "
-                                                     "(once per machine, about two minutes)...", file=sys.stderr, flush=True))
+                                                     "(once per machine, two to four minutes)...", file=sys.stderr, flush=True))
         notice.start()
         try:
             return load(name=_extension_name(), sources=[str(p) for p in _SOURCES],
