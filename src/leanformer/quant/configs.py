@@ -38,9 +38,9 @@ class WeightOnlyConfig(BaseConfig):
     act_weighting: weight the error by each input feature's mean square, measured in one forward pass on
     random token ids (no data; ``calib.py``). Needs a model with ``config.vocab_size`` or ``example_inputs``.
     fuse: run each BERT-style feed-forward block's GELU inside the first GEMM's kernel, and each output block's
-    residual add + LayerNorm as one pass (``fusion.py``). Off by default: on int4 MiniLM it does not pay here
-    (1 thread, interleaved A/Bs, fp32 speed-up fused vs unfused: 1.79 vs 1.92x, 1.88 vs 2.00x, 1.82 vs 1.96x,
-    once 2.14 vs 2.01x; docs/quant.md), unlike W8A8, where it is on.
+    residual add + LayerNorm as one pass (``fusion.py``). Off by default: on int4 MiniLM it gave no consistent
+    gain here (1 thread, six interleaved A/Bs, fp32 speed-up fused vs unfused from 1.79 vs 1.92x to 3.09 vs
+    2.82x; docs/quant.md), unlike W8A8, where it is on.
     short_attention: switch a transformers model on SDPA attention to leanformer's short-sequence attention
     kernel for float32 CPU inference (``attention.py``; exact attention, other calls keep SDPA).
     """

@@ -95,8 +95,7 @@ def _is_stock_output_block(block: nn.Module, stock_code) -> bool:
     (RoBERTa, ELECTRA, XLM-R copy it), and the children are what it expects."""
     code = getattr(type(block).forward, "__code__", None)
     return (stock_code is not None and code is not None and code.co_code == stock_code.co_code
-            and code.co_names == stock_code.co_names and isinstance(getattr(block, "LayerNorm", None), nn.LayerNorm)
-            and isinstance(getattr(block, "dropout", None), nn.Dropout))
+            and code.co_names == stock_code.co_names and isinstance(getattr(block, "dropout", None), nn.Dropout))
 
 
 def fuse_residual_norms_(model: nn.Module) -> int:
@@ -107,7 +106,7 @@ def fuse_residual_norms_(model: nn.Module) -> int:
     stock_code = _stock_output_forward()
     swaps = [(name, block) for name, block in model.named_modules()
              if isinstance(getattr(block, "dense", None), QuantizedLinear) and _is_stock_output_block(block, stock_code)
-             and block.LayerNorm.elementwise_affine and block.LayerNorm.bias is not None]
+             and FusedResidualNorm.supports(getattr(block, "LayerNorm", None))]
     for name, block in swaps:
         fused = FusedResidualNorm(block.dense, block.LayerNorm, block.dropout, type(block).__name__,
                                   prepare_output=block.dense.act_bits == 8)

@@ -323,9 +323,9 @@ class QuantizedEmbedding(_PackedWeightMixin):
 
     def _native_ops(self, ids: torch.Tensor):
         """The fused gather (``csrc/embedding_rows.cpp``, bit-identical) for 8-bit tables and int64 ids on CPU."""
-        if self.bits <= 4 or ids.dtype != torch.int64 or self.qweight.device.type != "cpu" or ids.device.type != "cpu":
+        if self.bits <= 4 or ids.dtype != torch.int64 or self.qweight.device.type != "cpu":
             return None
-        return native_ops_for(ids)
+        return native_ops_for(ids)  # None for ids on other devices
 
     def _float_tables(self):
         """(V, G) float32 scales and zero points (an empty tensor for symmetric tables), as the reference casts them."""

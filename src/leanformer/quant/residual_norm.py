@@ -39,12 +39,17 @@ class FusedResidualNorm(nn.Module):
     def __init__(self, dense: nn.Module, layer_norm: nn.LayerNorm, dropout: nn.Module, stock: str,
                  prepare_output: bool) -> None:
         super().__init__()
-        if not isinstance(layer_norm, nn.LayerNorm) or layer_norm.weight is None or layer_norm.bias is None \
-                or len(layer_norm.normalized_shape) != 1:
+        if not self.supports(layer_norm):
             raise ValueError(f"FusedResidualNorm needs an affine LayerNorm over the last dimension, got {layer_norm}")
         self.dense, self.LayerNorm, self.dropout = dense, layer_norm, dropout
         self.stock, self.prepare_output = stock, prepare_output
         self.train(layer_norm.training)  # the mode of the block it replaces, not nn.Module's default
+
+    @staticmethod
+    def supports(layer_norm: nn.Module) -> bool:
+        """True for the LayerNorms the fused pass computes: affine, with a bias, over the last dimension."""
+        return (isinstance(layer_norm, nn.LayerNorm) and layer_norm.weight is not None and layer_norm.bias is not None
+                and len(layer_norm.normalized_shape) == 1)
 
     @classmethod
     def wrap(cls, block: nn.Module, spec: dict) -> "FusedResidualNorm":
