@@ -191,10 +191,15 @@ def _interleaved(fns: dict, reps: int) -> dict:
     return times
 
 
+def _round_ratios(times: dict, base: str, k: str) -> list:
+    """base / k per round, each ratio taken within one round: the load on this shared machine drifts by 10-30 %
+    over minutes, and a per-round ratio cancels what both runs of a round see."""
+    return [b / q for b, q in zip(times[base], times[k])]
+
+
 def _speedup(times: dict, base: str, k: str) -> float:
-    """Median over rounds of base/k, each ratio taken within one round: the load on this shared machine
-    drifts by 10-30 % over minutes, and a per-round ratio cancels what both runs of a round see."""
-    return statistics.median(b / q for b, q in zip(times[base], times[k]))
+    """Median over rounds of base / k (``_round_ratios``)."""
+    return statistics.median(_round_ratios(times, base, k))
 
 
 def _median(times: dict) -> dict:
@@ -212,8 +217,7 @@ def ab_rounds(base, bf16, built: dict, batch, reps: int, rows: Rows) -> None:
     for name in fns:
         if name == "fp32":
             continue
-        ratios = sorted(b / q for b, q in zip(times["fp32"], times[name]))
-        q1, med, q3 = statistics.quantiles(ratios, n=4)
+        q1, med, q3 = statistics.quantiles(_round_ratios(times, "fp32", name), n=4)
         print(f"  {name:22s} {med:.2f}x ({q1:.2f}-{q3:.2f})  {statistics.median(times[name]) * 1e3:.1f} ms")
         provider = built[name][0] if name in built else "torch"
         rows.add("minilm", provider, "ab_speedup_b32_vs_fp32", "x", med,
@@ -243,13 +247,13 @@ def _machine_probes() -> dict:
 def _report_probes(times: dict, names: list, rows: Rows) -> None:
     """The per-round probe ratio, and each model's median speed-up in the rounds where the AMX unit was
     faster (probe ratio above its median) and slower."""
-    probe = [f / a for f, a in zip(times["probe_fp32"], times["probe_amx"])]
+    probe = _round_ratios(times, "probe_fp32", "probe_amx")
     cut = statistics.median(probe)
     q1, _, q3 = statistics.quantiles(probe, n=4)
     print(f"  machine probe (FFN-in product, fp32 / AMX int8 time per round): median {cut:.1f}x ({q1:.1f}-{q3:.1f})")
     rows.add("minilm", "machine", "probe_fp32_over_amx", "x", cut, config={"q1": q1, "q3": q3})
     for name in names:
-        ratios = [b / q for b, q in zip(times["fp32"], times[name])]
+        ratios = _round_ratios(times, "fp32", name)
         fast = statistics.median([r for r, p in zip(ratios, probe) if p >= cut])
         slow = statistics.median([r for r, p in zip(ratios, probe) if p < cut])
         print(f"    {name:22s} {fast:.2f}x in the rounds with the faster AMX unit, {slow:.2f}x in the others")
