@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import Rows, keep_freed_memory_mapped, time_fn  # noqa: E402
 
 from leanformer.models import build_model, minilm_dir  # noqa: E402
-from leanformer.quant import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config,  # noqa: E402
-                              WeightOnlyConfig, quantize_, save_quantized, set_activation_dtype_)
+from leanformer.quant import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W4A8Config,  # noqa: E402
+                              W8A8Config, WeightOnlyConfig, quantize_, save_quantized, set_activation_dtype_)
 from leanformer.quant.fidelity import SENTENCES, compare, embed  # noqa: E402
 
 W8 = WeightOnlyConfig(bits=8, group_size=None, symmetric=True, clip_search=False, refine_steps=0)
@@ -109,6 +109,11 @@ METHODS = {  # name -> (provider, description, function model -> model)
                     _policy(_ours(W8A8Config(), EMB8), amx_int8=False)),
     "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of the AMX kernel / oneDNN",
                    _policy(_ours(W8A8Config(), EMB8), amx_int8=False, onednn_int8=False)),
+    "w4a8": ("leanformer", "W4A8: the int4 g32 weights of w4g64's quantizer, int8 per-token activations, on the "
+                           "W8A8 int8 kernels (codes unpacked to int8 per call)", _ours(W4A8Config(), EMB8)),
+    "w4a8_g64": ("leanformer", "w4a8 at g64", _ours(W4A8Config(group_size=64), EMB8)),
+    "w4a8_unfused": ("leanformer", "w4a8 without the fused feed-forward and residual-norm blocks",
+                     _ours(W4A8Config(fuse=False), EMB8)),
     "w8a8_stock_attention": ("leanformer", "w8a8 with torch's SDPA attention (short_attention=False)",
                              _ours(W8A8Config(short_attention=False), EMB8)),
     "w4g64_stock_attention": ("leanformer", "w4g64 with torch's SDPA attention (short_attention=False)",

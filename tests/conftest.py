@@ -30,6 +30,18 @@ def saved_tensor_bytes(fn, *args, **kwargs) -> tuple[object, int]:
     return out, nbytes
 
 
+@pytest.fixture
+def kernel_policy_restored():
+    """leanformer.quant's global kernel policy as it was before the test, whatever the test switched."""
+    import dataclasses
+
+    from leanformer.quant import get_policy, set_policy
+
+    before = dataclasses.asdict(get_policy())
+    yield get_policy()
+    set_policy(**before)
+
+
 @pytest.fixture(scope="module")
 def ops():
     """leanformer.quant's compiled native kernels; the test is skipped where they cannot be built."""

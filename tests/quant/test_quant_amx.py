@@ -5,17 +5,13 @@ import pickle
 import pytest
 import torch
 
-from leanformer.quant import QuantizedLinear, amx, get_policy, quantize_rtn, set_policy
+from leanformer.quant import QuantizedLinear, amx, quantize_rtn, set_policy
 from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
 
 needs_amx = pytest.mark.skipif(not amx_int8_available(), reason=f"AMX int8: {amx_int8_status()}")
 
 
-@pytest.fixture(autouse=True)
-def _restore_policy():
-    before = {k: getattr(get_policy(), k) for k in ("amx_int8", "onednn_int8", "native", "onednn_rows")}
-    yield
-    set_policy(**before)
+pytestmark = pytest.mark.usefixtures("kernel_policy_restored")
 
 
 def _reference(xq, rs, w, cs, bias):

@@ -10,11 +10,7 @@ from leanformer.quant.amx_w4 import amx_w4_available, amx_w4_linear, pack_amx_in
 needs_amx = pytest.mark.skipif(not amx_w4_available(), reason=f"AMX: {amx_int8_status()}")
 
 
-@pytest.fixture(autouse=True)
-def _restore_policy():
-    before = {k: getattr(get_policy(), k) for k in ("amx_w4", "native", "int4_rows")}
-    yield
-    set_policy(**before)
+pytestmark = pytest.mark.usefixtures("kernel_policy_restored")
 
 
 def test_pack_layout_value_by_value():

@@ -21,9 +21,20 @@ def test_quantize_then_compare(tmp_path, capsys):
     assert cmp["n"] == 3 and cmp["mean_cos"] > 0.999
 
 
+def test_quantize_w4a8(tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", "minilm", "--method", "w4a8", "--bits", "4", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fidelity"]["mean_cos"] > 0.975  # measured 0.9818 (g32, the default for w4a8)
+    spec = json.loads((out / "leanformer_quant.json").read_text())
+    assert '"act_bits": 8' in json.dumps(spec) and '"group_size": 32' in json.dumps(spec)
+
+
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["quantize", "--method", "w8a8", "--bits", "4", "--out", str(tmp_path / "x")]) == 2
     assert "w8a8 needs --bits 8" in capsys.readouterr().err
+    assert main(["quantize", "--method", "w4a8", "--bits", "8", "--out", str(tmp_path / "x")]) == 2
+    assert "w4a8 needs --bits 4" in capsys.readouterr().err
     (tmp_path / "mine.txt").write_text("keep")
     assert main(["quantize", "--method", "rtn", "--bits", "8", "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err and (tmp_path / "mine.txt").read_text() == "keep"

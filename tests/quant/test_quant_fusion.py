@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from leanformer.quant import (QuantizedLinear, W8A8Config, WeightOnlyConfig, get_policy, load_quantized,
+from leanformer.quant import (QuantizedLinear, W4A8Config, W8A8Config, WeightOnlyConfig, load_quantized,
                               quantize_, quantize_rtn, save_quantized, set_policy)
 from leanformer.quant import kernels
 from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
@@ -16,11 +16,7 @@ transformers = pytest.importorskip("transformers")
 needs_amx = pytest.mark.skipif(not amx_int8_available(), reason=f"AMX int8: {amx_int8_status()}")
 
 
-@pytest.fixture(autouse=True)
-def _restore_policy():
-    before = {k: getattr(get_policy(), k) for k in ("amx_int8", "amx_w4", "onednn_int8", "native")}
-    yield
-    set_policy(**before)
+pytestmark = pytest.mark.usefixtures("kernel_policy_restored")
 
 
 def _ops():
@@ -105,10 +101,11 @@ def _count_quantizations(monkeypatch):
 
 
 @needs_amx
-def test_fused_bert_matches_unfused_and_skips_a_quantization(monkeypatch):
+@pytest.mark.parametrize("config", [W8A8Config(), W4A8Config(act_weighting=False)], ids=["w8a8", "w4a8"])
+def test_fused_bert_matches_unfused_and_skips_a_quantization(monkeypatch, config):
     fused, plain = _bert(), _bert()
-    report = quantize_(fused, W8A8Config())
-    quantize_(plain, W8A8Config(fuse=False))
+    report = quantize_(fused, config)
+    quantize_(plain, config.replace(fuse=False))
     assert report.fused == 2 and "fused GELU into 2" in report.summary()
     block = fused.encoder.layer[0].intermediate
     assert isinstance(block.intermediate_act_fn, FusedActivation)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from leanformer.quant import QuantizedLinear, get_policy, quantize_rtn, set_policy
+from leanformer.quant import QuantizedLinear, quantize_rtn, set_policy
 from leanformer.quant import kernels, onednn
 from leanformer.quant.onednn import int8_matmul, onednn_int8_available, onednn_int8_status, pack_int8_weight
 
@@ -10,11 +10,8 @@ needs_onednn = pytest.mark.skipif(not onednn_int8_available(), reason=f"oneDNN i
 
 
 @pytest.fixture(autouse=True)
-def _restore_policy():
-    before = (get_policy().onednn_int8, get_policy().native, get_policy().onednn_rows)
+def _small_inputs_take_onednn(kernel_policy_restored):
     set_policy(onednn_rows=1)  # small test inputs take the oneDNN path too
-    yield
-    set_policy(onednn_int8=before[0], native=before[1], onednn_rows=before[2])
 
 
 @needs_onednn

@@ -1,4 +1,4 @@
-"""The plain-loop paths of the short-attention and residual-norm kernels: built here without AVX512
+"""The plain-loop paths of the short-attention, residual-norm and W4A8 unpack kernels: built here without AVX512
 (-march=x86-64-v2) into a separate extension and checked against the same references as the vector paths,
 so CPUs without AVX512 run tested code too. Slow: the build takes ~30-60 s."""
 import platform
@@ -17,6 +17,7 @@ _BINDING = """
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("short_attention", &short_attention);
   m.def("residual_layer_norm", &residual_layer_norm);
+  m.def("unpack_w4a8", &unpack_w4a8);
 }
 """
 
@@ -35,7 +36,8 @@ def plain_ops(tmp_path_factory):
     try:
         return load(name="leanformer_portable_test", build_directory=str(build),
                     sources=[str(build / "binding.cpp"), str(csrc / "short_attention.cpp"),
-                             str(csrc / "residual_norm.cpp")],
+                             str(csrc / "residual_norm.cpp"), str(csrc / "w4a8_unpack.cpp"),
+                             str(csrc / "amx_int8.cpp")],  # (w4a8_unpack.cpp calls its product: built as a stub)
                     extra_cflags=["-O2", "-march=x86-64-v2", "-ffp-contract=off", "-fopenmp-simd"],
                     extra_include_paths=[str(csrc)], verbose=False)
     except Exception as exc:  # no compiler here: nothing to test
@@ -63,3 +65,14 @@ def test_plain_residual_norm_matches_the_reference(plain_ops):
         assert bool(finite) and ((out.double() - ref).abs() <= bound).all()
         want = torch.round(out / scale).clamp(-127, 127).to(torch.int8)  # codes of the plain per-row quantizer
         assert (codes.int() - want.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("gs,symmetric", [(32, False), (64, True), (None, False)])
+def test_plain_w4a8_unpack_equals_the_definition(plain_ops, gs, symmetric):
+    from leanformer.quant.amx import pack_amx_weight
+    from leanformer.quant.w4a8 import probe_layer, requantized_weight, w4a8_tables
+
+    mod = probe_layer(48, 192, gs, symmetric, torch.Generator().manual_seed(2))
+    codes, zero, scale, inv, _ = w4a8_tables(mod)
+    got = plain_ops.unpack_w4a8(codes, zero, scale, inv, 192 if gs is None else gs)
+    assert torch.equal(got, pack_amx_weight(requantized_weight(mod)[0]))

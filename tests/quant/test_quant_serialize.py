@@ -8,19 +8,23 @@ import pytest
 import torch
 import torch.nn as nn
 
-from leanformer.quant import (CheckpointError, EmbeddingConfig, W8A8Config, WeightOnlyConfig, load_quantized,
-                              quantize_, save_quantized)
+from leanformer.quant import (CheckpointError, EmbeddingConfig, W4A8Config, W8A8Config, WeightOnlyConfig,
+                              load_quantized, quantize_, save_quantized)
 
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_bert():
+def _tiny_bert(w4a8: bool = False):
+    """Weight-only int4 attention and W8A8 feed-forward layers (or W4A8 everywhere), int4 embeddings."""
     cfg = transformers.BertConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=128, max_position_embeddings=40)
     torch.manual_seed(0)
     model = transformers.BertModel(cfg).eval()
-    quantize_(model, WeightOnlyConfig(bits=4, group_size=32), filter_fn=lambda m, n: "intermediate" not in n)
-    quantize_(model, W8A8Config(), filter_fn=lambda m, n: "intermediate" in n)
+    if w4a8:
+        quantize_(model, W4A8Config(act_weighting=False))
+    else:
+        quantize_(model, WeightOnlyConfig(bits=4, group_size=32), filter_fn=lambda m, n: "intermediate" not in n)
+        quantize_(model, W8A8Config(), filter_fn=lambda m, n: "intermediate" in n)
     quantize_(model, EmbeddingConfig(bits=4, group_size=32, symmetric=False))
     return model
 
@@ -28,9 +32,10 @@ def _tiny_bert():
 IDS = [[5, 17, 3, 99, 42, 0, 7], [1, 2, 3, 4, 5, 6, 100]]
 
 
-def test_roundtrip_in_a_new_process_is_exact(tmp_path):
+@pytest.mark.parametrize("w4a8", [False, True], ids=["w4+w8a8", "w4a8"])
+def test_roundtrip_in_a_new_process_is_exact(tmp_path, w4a8):
     torch.set_num_threads(1)
-    model = _tiny_bert()
+    model = _tiny_bert(w4a8)
     with torch.no_grad():
         small = model(input_ids=torch.tensor(IDS[:1][:1])[:, :2]).last_hidden_state  # packed-kernel rows
         big = model(input_ids=torch.tensor(IDS * 12)).last_hidden_state  # dequant / W8A8 rows

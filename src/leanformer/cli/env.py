@@ -42,6 +42,7 @@ def collect() -> dict:
     from leanformer.quant.amx_w4 import amx_w4_status
     from leanformer.quant.native import native_status
     from leanformer.quant.onednn import onednn_int8_status
+    from leanformer.quant.w4a8 import amx_w4a8_status
 
     packages = ("transformers", "accelerate", "safetensors", "numpy", "torchao", "hqq", "apollo-torch", "matplotlib")
     return {
@@ -61,6 +62,7 @@ def collect() -> dict:
         "onednn_int8_matmul": onednn_int8_status(),
         "amx_int8_matmul": amx_int8_status(build=False),
         "amx_int4_matmul": amx_w4_status(build=False),
+        "amx_w4a8_matmul": amx_w4a8_status(build=False),
         "packages": {name: _package_version(name) for name in packages},
     }
 

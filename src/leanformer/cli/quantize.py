@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-METHODS = ("rtn", "mse", "squant", "ant", "w8a8")
+METHODS = ("rtn", "mse", "squant", "ant", "w8a8", "w4a8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,11 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="mse",
                         help="rtn: round-to-nearest; mse: asymmetric + clip search + least-squares refits weighted by "
                              "random-token input statistics, no data (default); "
-                             "squant / ant: the papers' rounding / numeric types; w8a8: dynamic int8 activations")
+                             "squant / ant: the papers' rounding / numeric types; w8a8: dynamic int8 activations; "
+                             "w4a8: mse's 4-bit weights (g32 by default) with dynamic int8 activations, run on the "
+                             "int8 kernels")
     parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
     parser.add_argument("--group-size", type=int, default=None,
-                        help="weights per scale (32/64/128; 0 = per output channel). Default: 64 for 4 bits, "
-                             "per channel for 8 bits")
+                        help="weights per scale (32/64/128; 0 = per output channel). Default: 64 for 4 bits "
+                             "(32 for w4a8), per channel for 8 bits")
     parser.add_argument("--symmetric", action="store_true", help="symmetric codes (rtn/mse)")
     parser.add_argument("--budget-mb", type=float, default=None,
                         help="mixed precision: keep the most sensitive Linears at 8 bits within this many MB of "
@@ -37,17 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     from leanformer.cli.main import CLIError
-    from leanformer.quant import ANTConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config, WeightOnlyConfig
+    from leanformer.quant import ANTConfig, MixedPrecisionConfig, SQuantConfig, W4A8Config, W8A8Config, WeightOnlyConfig
 
     gs = args.group_size
     if gs is None:
-        gs = 64 if args.bits == 4 else 0
+        gs = (32 if args.method == "w4a8" else 64) if args.bits == 4 else 0
     gs = None if gs == 0 else gs
     try:
         if args.method == "w8a8":
             if args.bits != 8 or args.budget_mb is not None:
                 raise CLIError("--method w8a8 needs --bits 8 and no --budget-mb")
             return W8A8Config()
+        if args.method == "w4a8":
+            if args.bits != 4 or args.budget_mb is not None:
+                raise CLIError("--method w4a8 needs --bits 4 and no --budget-mb")
+            return W4A8Config(group_size=gs, symmetric=args.symmetric)
         if args.method == "squant":
             cfg = SQuantConfig(bits=args.bits, group_size=gs, symmetric=True)
         elif args.method == "ant":

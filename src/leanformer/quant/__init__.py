@@ -7,8 +7,8 @@
     same_kind_of_model = load_quantized("out/")
 """
 from .api import LayerReport, QuantReport, quantize_, quantize_module, quantize_weight, register_handler
-from .configs import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config, WeightOnlyConfig,
-                      config_from_dict)
+from .configs import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W4A8Config, W8A8Config,
+                      WeightOnlyConfig, config_from_dict)
 from .kernels import KernelPolicy, get_policy, set_policy
 from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, set_activation_dtype_
 from .qweight import QuantizedWeight
@@ -17,7 +17,7 @@ from .serialize import CheckpointError, load_quantized, save_quantized
 
 __all__ = [
     "quantize_", "quantize_module", "quantize_weight", "register_handler", "QuantReport", "LayerReport",
-    "WeightOnlyConfig", "W8A8Config", "EmbeddingConfig", "SQuantConfig", "ANTConfig", "MixedPrecisionConfig",
+    "WeightOnlyConfig", "W8A8Config", "W4A8Config", "EmbeddingConfig", "SQuantConfig", "ANTConfig", "MixedPrecisionConfig",
     "config_from_dict", "QuantizedWeight", "QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding",
     "quantize_rtn", "save_quantized", "load_quantized", "CheckpointError", "KernelPolicy", "get_policy",
     "set_policy", "set_activation_dtype_",

@@ -25,7 +25,8 @@ from .cpu_features import cpu_has
 from .native import native_built, native_ops, native_status, required_native_ops
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "run_amx_int8", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status"]
+           "amx_int8_linear", "run_amx_int8", "int8_reference", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status",
+           "sibling_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product
@@ -89,7 +90,8 @@ def run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act: int, quantize
 
 _NO_BIAS = torch.empty(0)
 
-def _reference(xq, row_scale, w, col_scale, bias):
+def int8_reference(xq, row_scale, w, col_scale, bias):
+    """The exact W8A8 product every int8 path must equal: int64 sums, then the same float32 rescale."""
     acc = (xq.to(torch.int64) @ w.to(torch.int64).t()).to(torch.int32)  # exact at any row count
     y = acc.float().mul_(row_scale).mul_(col_scale)
     return y if bias is None else y.add_(bias)
@@ -104,7 +106,7 @@ def _probe_matches_reference() -> bool:
         x[0], w[0], w[1] = 127, 127, -128
         rs, cs = torch.rand(m, 1, generator=gen) + 0.01, torch.rand(n, generator=gen) + 0.01
         for bias in (None, torch.randn(n, generator=gen)):
-            if not torch.equal(amx_int8_linear(x, rs, pack_amx_weight(w), cs, bias), _reference(x, rs, w, cs, bias)):
+            if not torch.equal(amx_int8_linear(x, rs, pack_amx_weight(w), cs, bias), int8_reference(x, rs, w, cs, bias)):
                 return False
     return True
 
@@ -131,6 +133,17 @@ def probe_status(probe, on: str, failed: str) -> tuple[bool, str]:
     except RuntimeError as exc:
         return False, f"unavailable: {str(exc).strip().splitlines()[0][:200]}"
     return (True, on) if ok else (False, failed)
+
+
+def sibling_status(check, build: bool, forward: str) -> str:
+    """``leanformer env``'s line for a kernel that shares the W8A8 kernel's build (``check``: its cached
+    ``(available, status)`` function); ``build=False`` does not compile the native kernels to find out, and names
+    the ``forward`` that will check it."""
+    if not build and check.cache_info().currsize == 0:
+        status = amx_int8_status(build=False)
+        if status.startswith("not checked yet"):
+            return status.replace("W8A8 forward", forward)
+    return check()[1]
 
 
 def amx_int8_available() -> bool:

@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from .amx import TILE_ROWS, amx_int8_available, amx_int8_status, kernel_ops, probe_status
+from .amx import TILE_ROWS, amx_int8_available, amx_int8_status, kernel_ops, probe_status, sibling_status
 from .native import native_ops
 
 __all__ = ["PAIR_DEPTH", "amx_w4_available", "amx_w4_status", "amx_w4_shape_ok", "pack_amx_int4", "amx_w4_linear",
@@ -99,8 +99,4 @@ def amx_w4_available() -> bool:
 
 def amx_w4_status(build: bool = True) -> str:
     """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
-    if not build and _check_w4.cache_info().currsize == 0:
-        status = amx_int8_status(build=False)
-        if status.startswith("not checked yet"):
-            return status.replace("W8A8 forward", "int4 batch forward")
-    return _check_w4()[1]
+    return sibling_status(_check_w4, build, "int4 batch forward")

@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from leanformer.config import BaseConfig
 
-from .configs import ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W8A8Config, WeightOnlyConfig
+from .configs import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W4A8Config, W8A8Config,
+                      WeightOnlyConfig)
 from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
 from .qweight import QuantizedWeight
 from .rtn import check_weight, quantize_rtn
@@ -91,6 +92,8 @@ def _scale_dtype(name: str) -> torch.dtype:
 # ----------------------------------------------------------------------------------- weight quantizers
 def quantize_weight(weight: torch.Tensor, config: BaseConfig, importance: torch.Tensor | None = None) -> QuantizedWeight:
     """The QuantizedWeight a config produces for one weight tensor (no module swap)."""
+    if isinstance(config, W4A8Config):  # the same 4-bit weights as weight-only int4
+        config = config.weight_config()
     if isinstance(config, WeightOnlyConfig):
         return quantize_rtn(weight, bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
                             clip_search=config.clip_search, refine_steps=config.refine_steps,
@@ -120,7 +123,7 @@ def _linear_handler(module: nn.Module, config: BaseConfig, importance: torch.Ten
     qw = quantize_weight(module.weight, config, importance)
     if isinstance(module, nn.Conv2d):
         return QuantizedConv2d.from_float(module, qw)
-    return QuantizedLinear.from_float(module, qw, act_bits=8 if isinstance(config, W8A8Config) else None)
+    return QuantizedLinear.from_float(module, qw, act_bits=8 if isinstance(config, (W8A8Config, W4A8Config)) else None)
 
 
 def _embedding_handler(module: nn.Module, config: BaseConfig) -> nn.Module:
@@ -131,6 +134,7 @@ def _embedding_handler(module: nn.Module, config: BaseConfig) -> nn.Module:
 _HANDLERS: dict[type, tuple[tuple[type, ...], Callable[[nn.Module, BaseConfig], nn.Module]]] = {
     WeightOnlyConfig: ((nn.Linear, nn.Conv2d), _linear_handler),
     W8A8Config: ((nn.Linear,), _linear_handler),
+    W4A8Config: ((nn.Linear,), _linear_handler),
     SQuantConfig: ((nn.Linear, nn.Conv2d), _linear_handler),
     ANTConfig: ((nn.Linear, nn.Conv2d), _linear_handler),
     EmbeddingConfig: ((nn.Embedding,), _embedding_handler),
@@ -224,7 +228,7 @@ def quantize_(model: nn.Module, config: BaseConfig, *, filter_fn: FilterFn | Non
         model.set_submodule(name, new)
         report.layers.append(LayerReport(name, type(mod).__name__, new.bits, new.group_size, new.format,
                                          float_weight_bytes(mod), _packed_bytes(new)))
-    if isinstance(config, (W8A8Config, WeightOnlyConfig)):
+    if isinstance(config, (W8A8Config, W4A8Config, WeightOnlyConfig)):
         fuse_for_inference_(model, report, fuse=config.fuse, short_attention=config.short_attention)
     report.seconds = time.perf_counter() - start
     return report

@@ -9,7 +9,7 @@ from typing import Any
 
 from leanformer.config import BaseConfig
 
-__all__ = ["WeightOnlyConfig", "W8A8Config", "EmbeddingConfig", "SQuantConfig", "ANTConfig",
+__all__ = ["WeightOnlyConfig", "W8A8Config", "W4A8Config", "EmbeddingConfig", "SQuantConfig", "ANTConfig",
            "MixedPrecisionConfig", "config_from_dict"]
 
 _SCALE_DTYPES = ("float16", "bfloat16", "float32")
@@ -21,6 +21,13 @@ def _check_bits_group(cfg, allowed_bits=range(2, 9)) -> None:
     gs = cfg.group_size
     if gs is not None and (not isinstance(gs, int) or isinstance(gs, bool) or gs <= 0):
         cfg._fail("group_size", gs, "must be a positive int or None (per output channel)")
+
+
+def _check_scale_refits(cfg) -> None:
+    if cfg.scale_dtype not in _SCALE_DTYPES:
+        cfg._fail("scale_dtype", cfg.scale_dtype, f"must be one of {_SCALE_DTYPES}")
+    if not isinstance(cfg.refine_steps, int) or cfg.refine_steps < 0:
+        cfg._fail("refine_steps", cfg.refine_steps, "must be an int >= 0")
 
 
 def _check_flags(cfg) -> None:
@@ -57,10 +64,7 @@ class WeightOnlyConfig(BaseConfig):
 
     def _validate(self) -> None:
         _check_bits_group(self)
-        if self.scale_dtype not in _SCALE_DTYPES:
-            self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
-        if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
-            self._fail("refine_steps", self.refine_steps, "must be an int >= 0")
+        _check_scale_refits(self)
         _check_flags(self)
 
 
@@ -84,6 +88,43 @@ class W8A8Config(BaseConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class W4A8Config(BaseConfig):
+    """W4A8: 4-bit group-quantized weights (stored and saved as in ``WeightOnlyConfig(bits=4)``) with int8
+    per-token activations quantized at run time; the product runs on W8A8's exact int8 paths, the codes
+    requantized onto a per-channel int8 grid (unpacked per call on AMX CPUs; ``w4a8.py``). Faster than
+    weight-only int4 on CPUs whose int8 products outrun their bf16 ones (AMX), at the cost of W8A8's activation
+    rounding. The weight fields are ``WeightOnlyConfig``'s; ``group_size`` must be a multiple of 4 (32 by
+    default: on MiniLM g64 loses too much once activations are int8 too, docs/quant.md). ``fuse`` and
+    ``short_attention`` as in ``W8A8Config`` (both on)."""
+
+    group_size: int | None = 32
+    symmetric: bool = False
+    clip_search: bool = True
+    refine_steps: int = 3
+    scale_dtype: str = "float16"
+    act_weighting: bool = True
+    fuse: bool = True
+    short_attention: bool = True
+
+    @property
+    def bits(self) -> int:
+        return 4
+
+    def weight_config(self) -> "WeightOnlyConfig":
+        """The weight-only config that quantizes the same weights."""
+        return WeightOnlyConfig(bits=4, group_size=self.group_size, symmetric=self.symmetric,
+                                clip_search=self.clip_search, refine_steps=self.refine_steps,
+                                scale_dtype=self.scale_dtype, act_weighting=self.act_weighting)
+
+    def _validate(self) -> None:
+        _check_bits_group(self, allowed_bits=(4,))
+        if self.group_size is not None and self.group_size % 4:
+            self._fail("group_size", self.group_size, "must be a multiple of 4 (or None, per output channel)")
+        _check_scale_refits(self)
+        _check_flags(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class EmbeddingConfig(BaseConfig):
     """Quantize ``nn.Embedding`` tables per row (group_size None) or per group of a row; optional least-squares
     refits of (scale, zero) as in ``WeightOnlyConfig`` (no clip search: 30k rows make it slow)."""
@@ -96,10 +137,7 @@ class EmbeddingConfig(BaseConfig):
 
     def _validate(self) -> None:
         _check_bits_group(self)
-        if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
-            self._fail("refine_steps", self.refine_steps, "must be an int >= 0")
-        if self.scale_dtype not in _SCALE_DTYPES:
-            self._fail("scale_dtype", self.scale_dtype, f"must be one of {_SCALE_DTYPES}")
+        _check_scale_refits(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +193,7 @@ class MixedPrecisionConfig(BaseConfig):
         return super().from_dict(data)
 
 
-_ALL = {c.__name__: c for c in (WeightOnlyConfig, W8A8Config, EmbeddingConfig, SQuantConfig, ANTConfig,
+_ALL = {c.__name__: c for c in (WeightOnlyConfig, W8A8Config, W4A8Config, EmbeddingConfig, SQuantConfig, ANTConfig,
                                 MixedPrecisionConfig)}
 
 

@@ -10,6 +10,8 @@ Measured on this project's CPUs (research note, "Kernels"; re-measured by ``benc
 * W8A8 modules quantize activations per token and multiply int8 x int8: leanformer's AMX kernel with the
   rescale fused on AMX CPUs (``amx.py``), else oneDNN's matmul on a packed weight where it applies
   (``onednn.py``), else ``torch._int_mm``; all three give the same exact integer sums and the same outputs.
+  W4A8 modules (4-bit group codes, ``w4a8.py``) run the same paths on their weight requantized to an int8
+  grid: the AMX kernel unpacks it from the codes on every call, the others cache it.
 
 Guards found here: ``_weight_int8pack_mm`` returns NaN/inf or crashes when K % 16 != 0 and segfaults on a
 weight that is not 64-byte aligned (as safetensors hands them out); the int4 CPU layout needs N % 16 == 0
@@ -32,6 +34,7 @@ from .amx_w4 import amx_w4_available, amx_w4_linear, amx_w4_shape_ok, pack_amx_i
 from .cpu_features import cpu_has
 from .native import native_ops
 from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
+from .w4a8 import amx_w4a8_available, requantized_weight, run_amx_w4a8, w4a8_shape_ok, w4a8_tables
 
 __all__ = ["KernelPolicy", "get_policy", "set_policy", "choose_kernel", "run_kernel", "KERNELS",
            "fast_bf16_cpu", "quantize_per_token", "quantize_per_token_shared",
@@ -127,7 +130,7 @@ def _int4pack_ok(mod) -> bool:
 def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
     """Name of the kernel in ``KERNELS`` that ``mod`` should run for a (rows, K) input ``x``."""
     if mod.act_bits == 8:
-        return "w8a8"
+        return "w4a8" if mod.bits == 4 else "w8a8"
     on_cpu = x.device.type == "cpu"
     if on_cpu and _POLICY.allow_pack_kernels and fast_bf16_cpu() and x.dtype in (torch.float32, torch.bfloat16):
         if rows <= _POLICY.int8_rows and _int8pack_ok(mod):
@@ -347,10 +350,8 @@ def _w8a8(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
     ops = native_ops_for(xq)  # resolved once per call (the native module's lookup is a measurable cost here)
     if (out_dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and ops is not None
             and _amx_applies(mod)):
-        packed = mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
-        ws = _w8a8_scale(mod).view(-1)
         prepare_output = prepare_output and _may_share(x2)
-        res = run_amx_int8(ops, xq, xs, packed, ws, bias, activation_code(activation), prepare_output)
+        res = _amx_int8_product(ops, mod, xq, xs, bias, activation_code(activation), prepare_output)
         if not prepare_output:
             return res  # (M, N), rescaled, + bias, activated
         y, codes, scale, finite = res
@@ -383,7 +384,20 @@ def _w8a8_unfused(mod, xq, xs, bias, out_dtype):
 
 def _amx_applies(mod) -> bool:
     # (with the native ops available: the kernel lives there, so set_policy(native=False) turns it off too)
-    return _POLICY.amx_int8 and amx_shape_ok(mod.out_features, mod.in_features) and amx_int8_available()
+    if not _POLICY.amx_int8:
+        return False
+    if mod.bits == 4:  # W4A8: the codes are unpacked onto the int8 grid per call (w4a8.py)
+        return w4a8_shape_ok(mod.out_features, mod.in_features, _group_size(mod)) and amx_w4a8_available()
+    return amx_shape_ok(mod.out_features, mod.in_features) and amx_int8_available()
+
+
+def _amx_int8_product(ops, mod, xq, xs, bias, act: int, prepare_output: bool):
+    """The AMX int8 kernel's outputs (``amx.run_amx_int8``) for a W8A8 or W4A8 layer."""
+    if mod.bits == 4:
+        tables = mod.kernel_cache("w4a8_amx", lambda: w4a8_tables(mod))
+        return run_amx_w4a8(ops, xq, xs, tables, _group_size(mod), bias, act, prepare_output)
+    packed = mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
+    return run_amx_int8(ops, xq, xs, packed, _w8a8_scale(mod).view(-1), bias, act, prepare_output)
 
 
 def _int8_product(mod, xq: torch.Tensor) -> torch.Tensor:
@@ -391,18 +405,30 @@ def _int8_product(mod, xq: torch.Tensor) -> torch.Tensor:
     else ``torch._int_mm`` (int32)."""
     if (xq.device.type == "cpu" and _POLICY.onednn_int8 and xq.shape[0] >= _POLICY.onednn_rows
             and not torch.compiler.is_compiling() and onednn_int8_available()):
-        return int8_matmul(xq, mod.kernel_cache("w8a8_onednn", lambda: pack_int8_weight(mod.qweight)))
-    wt = mod.kernel_cache("w8a8_t", lambda: mod.qweight.t())  # (K, N) int8 view, no copy
+        return int8_matmul(xq, mod.kernel_cache("w8a8_onednn", lambda: pack_int8_weight(_int8_weight(mod))))
+    wt = mod.kernel_cache("w8a8_t", lambda: _int8_weight(mod).t())  # (K, N) int8 view, no copy
     return torch._int_mm(xq, wt)
+
+
+def _int8_weight(mod) -> torch.Tensor:
+    """(N, K) int8 codes of the product: a W8A8 layer's own, or a W4A8 layer's requantized weight (an N*K-byte
+    copy, held by the paths off the AMX kernel, which unpacks it per call instead)."""
+    if mod.bits == 4:
+        return mod.kernel_cache("w4a8_int8", lambda: requantized_weight(mod))[0]
+    return mod.qweight
 
 
 def _w8a8_scale(mod) -> torch.Tensor:
     """(1, N) fp32 per-channel weight scales, contiguous, cached on the module."""
+    if mod.bits == 4:
+        return mod.kernel_cache("w4a8_scale", lambda: requantized_weight(mod)[1].reshape(1, -1).contiguous())
     return mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1).contiguous())
 
 
-KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "amx_w4": _amx_w4, "w8a8": _w8a8}
-_FUSING = {"amx_w4", "w8a8"}  # kernels taking (activation, prepare_output); the others get F.gelu applied after
+# "w4a8" runs W8A8's code: only the int8 weight's source differs (_int8_weight, _amx_int8_product)
+KERNELS = {"dequant": _dequant, "int8pack": _int8pack, "int4pack": _int4pack, "amx_w4": _amx_w4, "w8a8": _w8a8,
+           "w4a8": _w8a8}
+_FUSING = {"amx_w4", "w8a8", "w4a8"}  # kernels taking (activation, prepare_output); the others get F.gelu applied after
 
 
 def run_kernel(name: str, mod, x2: torch.Tensor, bias: torch.Tensor | None = None,

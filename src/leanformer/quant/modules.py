@@ -1,7 +1,8 @@
 """Quantized drop-in modules that store packed codes and really run low-bit.
 
 * ``QuantizedLinear``: packed int4 (two per byte) or int8 codes + fp16 scales (+ zeros / codebook); the
-  forward picks a kernel per call (``kernels.choose_kernel``). ``act_bits=8`` makes it a dynamic W8A8 layer.
+  forward picks a kernel per call (``kernels.choose_kernel``). ``act_bits=8`` makes it a dynamic W8A8 layer
+  (8-bit weights) or W4A8 layer (4-bit group weights, ``w4a8.py``).
 * ``QuantizedConv2d``: same storage over the flattened (I*kh*kw) axis; forward dequantizes (no int conv
   kernel on CPU worth using) - it exists so SQuant's conv results are real, smaller checkpoints.
 * ``QuantizedEmbedding``: per-row (or per-group) codes; a lookup dequantizes only the gathered rows.
@@ -183,8 +184,12 @@ class QuantizedLinear(_PackedWeightMixin):
         # set by fusion.fuse_feed_forward_: the layer applies its parent's activation itself (inside the AMX
         # kernels where they run), and hands the next quantized layer its input already prepared
         self.activation, self.prepare_output = activation, prepare_output
-        if act_bits == 8 and not (bits == 8 and symmetric and group_size is None and not codebook):
+        if act_bits == 8 and codebook:
+            raise ValueError("int8 activations (act_bits=8) need integer codes, not a codebook")
+        if act_bits == 8 and bits == 8 and not (symmetric and group_size is None):
             raise ValueError("W8A8 needs 8-bit symmetric per-channel weights")
+        if act_bits == 8 and bits not in (4, 8):
+            raise ValueError(f"int8 activations run with 8-bit (W8A8) or 4-bit (W4A8) weights, got bits={bits}")
         self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
         self._init_storage(out_features, in_features, bits=bits, group_size=group_size, symmetric=symmetric,
                            codebook=codebook, scale_dtype=scale_dtype, fmt=fmt, device=device)

@@ -29,3 +29,11 @@ std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const tor
 // embedding_rows.cpp
 torch::Tensor embedding_rows(const torch::Tensor& codes, const torch::Tensor& scale, const torch::Tensor& zero,
                              const torch::Tensor& ids);
+// w4a8_unpack.cpp
+torch::Tensor unpack_w4a8(const torch::Tensor& codes, const torch::Tensor& zero, const torch::Tensor& scale,
+                          const torch::Tensor& inv, int64_t group_size);
+std::vector<torch::Tensor> amx_w4a8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                           const torch::Tensor& codes, const torch::Tensor& zero,
+                                           const torch::Tensor& scale, const torch::Tensor& inv, int64_t group_size,
+                                           const torch::Tensor& col_scale, const torch::Tensor& bias,
+                                           int64_t activation, bool quantize);
