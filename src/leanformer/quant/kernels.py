@@ -414,14 +414,19 @@ def _int8_weight(mod) -> torch.Tensor:
     """(N, K) int8 codes of the product: a W8A8 layer's own, or a W4A8 layer's requantized weight (an N*K-byte
     copy, held by the paths off the AMX kernel, which unpacks it per call instead)."""
     if mod.bits == 4:
-        return mod.kernel_cache("w4a8_int8", lambda: requantized_weight(mod))[0]
+        return _requantized(mod)[0]
     return mod.qweight
+
+
+def _requantized(mod):
+    """A W4A8 layer's ``requantized_weight``, computed once for the paths off the AMX kernel."""
+    return mod.kernel_cache("w4a8_int8", lambda: requantized_weight(mod))
 
 
 def _w8a8_scale(mod) -> torch.Tensor:
     """(1, N) fp32 per-channel weight scales, contiguous, cached on the module."""
     if mod.bits == 4:
-        return mod.kernel_cache("w4a8_scale", lambda: requantized_weight(mod)[1].reshape(1, -1).contiguous())
+        return mod.kernel_cache("w4a8_scale", lambda: _requantized(mod)[1].reshape(1, -1).contiguous())
     return mod.kernel_cache("w8a8_scale", lambda: mod.scale.float().reshape(1, -1).contiguous())
 
 
