@@ -53,19 +53,24 @@ def pack_w4a8_codes(nibbles: torch.Tensor) -> torch.Tensor:
     return (v[..., 0] | (v[..., 1] << 4)).contiguous()
 
 
+def _channel_grid(deq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(col_scale, inv) of the per-channel int8 grid for a (N, K) float32 dequantized weight."""
+    absmax = deq.abs().amax(dim=1).clamp_min(1e-8)  # (N,)
+    return absmax / 127.0, 127.0 / absmax
+
+
 def requantized_weight(mod) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w8 (N, K) int8, col_scale (N,) float32, inv (N,) float32): a W4A8 layer's weight on its int8 grid."""
     deq = mod.dequantized_weight(torch.float32)  # (N, K): (q - z) * s, in float32
-    absmax = deq.abs().amax(dim=1).clamp_min(1e-8)  # (N,)
-    inv = 127.0 / absmax
+    col_scale, inv = _channel_grid(deq)
     w8 = torch.round(deq * inv.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-    return w8, absmax / 127.0, inv
+    return w8, col_scale, inv
 
 
 def w4a8_tables(mod) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The native kernel's operands: (codes, zero (G, N), scale (G, N), inv (N,), col_scale (N,)), float32 tables
     of the values ``dequantized_weight(float32)`` uses (signed codes carry their offset of 8 as the zero point)."""
-    _, col_scale, inv = requantized_weight(mod)
+    col_scale, inv = _channel_grid(mod.dequantized_weight(torch.float32))  # the grid only: the kernel rounds
     scale = mod.scale.float().t().contiguous()
     if mod.zero is not None:
         zero = mod.zero.float().t().contiguous()
