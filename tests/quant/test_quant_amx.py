@@ -1,4 +1,5 @@
-"""leanformer's AMX int8 kernel (W8A8 with the rescale fused) against the exact reference, bit for bit."""
+"""leanformer's fused int8 kernel (W8A8 with the rescale fused; AMX tiles, or AVX512-VNNI without them) against
+the exact reference, bit for bit. The VNNI kernel's own op is tested in test_quant_vnni.py."""
 import copy
 import pickle
 
@@ -6,9 +7,11 @@ import pytest
 import torch
 
 from leanformer.quant import QuantizedLinear, amx, quantize_rtn, set_policy
-from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
+from leanformer.quant.amx import (amx_int8_available, amx_int8_linear, amx_int8_status, int8_kernel,
+                                  int8_kernel_available, pack_amx_weight, vnni_int8_status)
 
-needs_amx = pytest.mark.skipif(not amx_int8_available(), reason=f"AMX int8: {amx_int8_status()}")
+needs_int8 = pytest.mark.skipif(not int8_kernel_available(),
+                                reason=f"fused int8 kernel: AMX {amx_int8_status()}; VNNI {vnni_int8_status()}")
 
 
 pytestmark = pytest.mark.usefixtures("kernel_policy_restored")
@@ -38,7 +41,7 @@ def test_pack_rejects_bad_weights():
         pack_amx_weight(torch.zeros(24, 64, dtype=torch.int8))
 
 
-@needs_amx
+@needs_int8
 @pytest.mark.parametrize("m, k, n", [(1, 64, 16), (5, 64, 48), (31, 128, 32), (33, 384, 80), (64, 1536, 16),
                                      (100, 384, 1536), (576, 1536, 384)])
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -53,7 +56,7 @@ def test_product_equals_reference(m, k, n, with_bias):
     assert torch.equal(out, _reference(x, rs, w, cs, bias))
 
 
-@needs_amx
+@needs_int8
 def test_extreme_codes_past_float32_integers_and_strided_input():
     k = 2048  # +-127 * 128 * 2048 > 2**25: the int32 -> float32 conversion must round like a cast
     w = torch.full((32, k), 127, dtype=torch.int8)
@@ -91,7 +94,7 @@ def _w8a8(k=384, n=96, bias=True):
     return QuantizedLinear.from_float(lin, quantize_rtn(lin.weight, bits=8), act_bits=8)
 
 
-@needs_amx
+@needs_int8
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 18, 200])
 def test_w8a8_module_is_bit_identical_to_the_other_products(bias, rows):
@@ -107,7 +110,7 @@ def test_w8a8_module_is_bit_identical_to_the_other_products(bias, rows):
         assert torch.equal(fast, mod(x.clone()))  # torch._int_mm
 
 
-@needs_amx
+@needs_int8
 def test_shapes_off_the_tile_grid_take_the_other_products():
     mod = _w8a8(k=96, n=48)  # K % 64 != 0
     with torch.no_grad():
@@ -115,7 +118,7 @@ def test_shapes_off_the_tile_grid_take_the_other_products():
     assert "w8a8_amx" not in mod._cache
 
 
-@needs_amx
+@needs_int8
 def test_copies_and_pickles_after_a_forward():
     mod = _w8a8()
     x = torch.randn(7, 384)
@@ -138,14 +141,20 @@ def test_policy_switches_are_honoured(switch):
 def fresh_check():
     """The availability check runs again under the test's monkeypatches, and again for later tests."""
     amx._check.cache_clear()
+    amx._vnni_check.cache_clear()
     yield
     amx._check.cache_clear()
+    amx._vnni_check.cache_clear()
 
 
-@needs_amx
+@needs_int8
 def test_a_mismatching_probe_switches_the_path_off(monkeypatch, fresh_check):
-    monkeypatch.setattr(amx, "_probe_matches_reference", lambda: False)
-    assert not amx_int8_available() and "did not match" in amx_int8_status()
+    kernel = int8_kernel()
+    amx._check.cache_clear()
+    amx._vnni_check.cache_clear()
+    monkeypatch.setattr(amx, "_probe_matches_reference", lambda *linear: False)  # both kernels' probe
+    status = amx_int8_status() if kernel == "amx" else vnni_int8_status()
+    assert not int8_kernel_available() and "did not match" in status
     mod = _w8a8()
     x = torch.randn(5, 384)
     with torch.no_grad():
@@ -157,8 +166,9 @@ def test_a_mismatching_probe_switches_the_path_off(monkeypatch, fresh_check):
 
 def test_cpus_without_amx_never_try_it(monkeypatch, fresh_check):
     monkeypatch.setattr(amx, "cpu_has", lambda *names: False)
-    monkeypatch.setattr(amx, "_probe_matches_reference", lambda: pytest.fail("probe must not run"))
+    monkeypatch.setattr(amx, "_probe_matches_reference", lambda *linear: pytest.fail("probe must not run"))
     assert not amx_int8_available() and "no AMX" in amx_int8_status()
+    assert not int8_kernel_available() and "no VNNI" in vnni_int8_status()
     assert "no AMX" in amx_int8_status(build=False)
 
 
@@ -168,7 +178,7 @@ def test_status_without_building_says_not_checked(monkeypatch, fresh_check):
     assert amx_int8_status(build=False).startswith("not checked yet")
 
 
-@needs_amx
+@needs_int8
 @pytest.mark.parametrize("m", [1, 33, 200])
 def test_two_threads_give_the_same_bits(m):
     x, w = torch.randint(-128, 128, (m, 384), dtype=torch.int8), torch.randint(-128, 128, (96, 384), dtype=torch.int8)

@@ -7,13 +7,17 @@ import torch.nn.functional as F
 from leanformer.quant import (QuantizedLinear, W4A8Config, W8A8Config, WeightOnlyConfig, load_quantized,
                               quantize_, quantize_rtn, save_quantized, set_policy)
 from leanformer.quant import kernels
-from leanformer.quant.amx import amx_int8_available, amx_int8_linear, amx_int8_status, pack_amx_weight
+from leanformer.quant.amx import (amx_int8_available, amx_int8_linear, amx_int8_status, int8_kernel_available,
+                                  pack_amx_weight, vnni_int8_status)
 from leanformer.quant.amx_w4 import amx_w4_linear
 from leanformer.quant.fusion import GELU_ABS_BOUND, fuse_feed_forward_
 from leanformer.quant.modules import FusedActivation
 
 transformers = pytest.importorskip("transformers")
 needs_amx = pytest.mark.skipif(not amx_int8_available(), reason=f"AMX int8: {amx_int8_status()}")
+# the W8A8 kernel's fusions run on AMX or, without it, on AVX512-VNNI
+needs_int8 = pytest.mark.skipif(not int8_kernel_available(),
+                                reason=f"fused int8 kernel: AMX {amx_int8_status()}; VNNI {vnni_int8_status()}")
 
 
 pytestmark = pytest.mark.usefixtures("kernel_policy_restored")
@@ -25,7 +29,7 @@ def _ops():
     return native_ops()
 
 
-@needs_amx
+@needs_int8
 def test_gelu_epilogue_is_within_its_bound_of_f_gelu():
     x = torch.cat([torch.linspace(-12, 12, 400_001), torch.randn(200_000) * 3,
                    torch.tensor([0.0, -0.0, 1e-30, -1e-30, 100.0, -100.0, 87.0, -87.0])])
@@ -49,7 +53,7 @@ def _codes(m=40, k=128, n=80, seed=0):
     return x, rs, pack_amx_weight(w), cs, b
 
 
-@needs_amx
+@needs_int8
 @pytest.mark.parametrize("m", [1, 33, 100])
 def test_fused_gelu_is_the_epilogue_applied_to_the_exact_product(m):
     x, rs, p, cs, b = _codes(m=m)
@@ -57,7 +61,7 @@ def test_fused_gelu_is_the_epilogue_applied_to_the_exact_product(m):
     assert torch.equal(amx_int8_linear(x, rs, p, cs, b, activation="gelu"), _ops().amx_gelu_(plain.clone()))
 
 
-@needs_amx
+@needs_int8
 @pytest.mark.parametrize("m", [1, 31, 100])
 def test_fused_output_codes_equal_quantizing_the_output(m):
     x, rs, p, cs, b = _codes(m=m, n=160)
@@ -67,7 +71,7 @@ def test_fused_output_codes_equal_quantizing_the_output(m):
     assert torch.equal(codes, want_codes) and torch.equal(scale, want_scale)
 
 
-@needs_amx
+@needs_int8
 def test_non_finite_outputs_are_flagged():
     x, rs, p, cs, b = _codes()
     rs[3] = float("nan")
@@ -100,7 +104,7 @@ def _count_quantizations(monkeypatch):
     return calls
 
 
-@needs_amx
+@needs_int8
 @pytest.mark.parametrize("config", [W8A8Config(), W4A8Config(act_weighting=False)], ids=["w8a8", "w4a8"])
 def test_fused_bert_matches_unfused_and_skips_a_quantization(monkeypatch, config):
     fused, plain = _bert(), _bert()
@@ -123,7 +127,7 @@ def test_fused_bert_matches_unfused_and_skips_a_quantization(monkeypatch, config
     assert cos.min() > 0.999
 
 
-@needs_amx
+@needs_int8
 def _stock_norms(monkeypatch):
     """The fused residual + LayerNorm blocks run the stock formula (they are not bit-identical to it, and these
     tests are about the GELU)."""
@@ -142,7 +146,7 @@ def test_other_kernels_apply_f_gelu_after_the_product(monkeypatch):
         assert torch.equal(fused(input_ids=IDS).last_hidden_state, plain(input_ids=IDS).last_hidden_state)
 
 
-@needs_amx
+@needs_int8
 def test_an_activation_edited_in_between_is_quantized_afresh():
     lin1, lin2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
     up = QuantizedLinear.from_float(lin1, quantize_rtn(lin1.weight, bits=8), act_bits=8)

@@ -1,4 +1,6 @@
 """oneDNN's packed int8 product (W8A8's fast path) against torch._int_mm: the same integers, bit for bit."""
+import time
+
 import pytest
 import torch
 
@@ -114,3 +116,22 @@ def test_an_op_that_fails_leaves_torch_int_mm(monkeypatch, fresh_check):
 
     monkeypatch.setattr(onednn, "int8_matmul", broken)
     assert not onednn_int8_available() and onednn_int8_status().startswith("unavailable: TypeError")
+
+
+def test_a_correct_but_far_slower_product_is_switched_off(monkeypatch, fresh_check):
+    # as torch 2.13's oneDNN did on an AMD Zen 4 VM: its reference int8 matmul, ~1000x slower than torch._int_mm
+    monkeypatch.setattr(onednn, "_cpu_has_vnni", lambda: True)
+    monkeypatch.setattr(onednn, "_probe_matches_int_mm", lambda: True)
+    monkeypatch.setattr(onednn, "_slowdown_vs_int_mm", lambda: 900.0)
+    assert not onednn_int8_available() and "900x slower" in onednn_int8_status()
+
+
+def test_the_slowdown_timing_sees_a_slow_product(monkeypatch):
+    real = onednn.int8_matmul
+
+    def slow(x, w):
+        time.sleep(0.02)  # far above torch._int_mm's time for the probe's (32, 256) @ (256, 256)
+        return real(x, w)
+
+    monkeypatch.setattr(onednn, "int8_matmul", slow)
+    assert onednn._slowdown_vs_int_mm() > onednn._SLOWER_LIMIT

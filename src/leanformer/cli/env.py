@@ -38,7 +38,7 @@ def collect() -> dict:
     import torch
 
     from leanformer import __version__
-    from leanformer.quant.amx import amx_int8_status
+    from leanformer.quant.amx import amx_int8_status, vnni_int8_status
     from leanformer.quant.amx_w4 import amx_w4_status
     from leanformer.quant.native import native_status
     from leanformer.quant.onednn import onednn_int8_status
@@ -61,6 +61,7 @@ def collect() -> dict:
         "native_quant_ops": native_status(),
         "onednn_int8_matmul": onednn_int8_status(),
         "amx_int8_matmul": amx_int8_status(build=False),
+        "vnni_int8_matmul": vnni_int8_status(build=False),
         "amx_int4_matmul": amx_w4_status(build=False),
         "amx_w4a8_matmul": amx_w4a8_status(build=False),
         "packages": {name: _package_version(name) for name in packages},

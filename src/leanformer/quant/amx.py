@@ -25,7 +25,8 @@ from .cpu_features import cpu_has
 from .native import native_built, native_ops, native_status, required_native_ops
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "run_amx_int8", "int8_reference", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status",
+           "amx_int8_linear", "run_amx_int8", "int8_reference", "vnni_int8_available", "vnni_int8_status",
+           "int8_kernel", "int8_kernel_available", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status",
            "sibling_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
@@ -69,7 +70,8 @@ def activation_code(activation: str | None) -> int:
 
 def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Tensor, col_scale: torch.Tensor,
                     bias: torch.Tensor | None = None, *, activation: str | None = None, quantize_output: bool = False):
-    """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32.
+    """(M, K) int8 codes with (M, 1) scales x packed weight with (N,) scales, + bias -> (M, N) float32, on
+    ``int8_kernel()``: the AMX tiles, or AVX512-VNNI on CPUs without them (``csrc/vnni_int8.cpp``, same outputs).
 
     ``activation="gelu"`` applies the exact (erf) GELU in the same pass, to within a few float32 ulps of
     ``F.gelu`` (``fusion.GELU_ABS_BOUND``). ``quantize_output=True`` also returns the output's per-token int8
@@ -82,7 +84,8 @@ def amx_int8_linear(xq: torch.Tensor, row_scale: torch.Tensor, packed: torch.Ten
 def run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act: int, quantize_output: bool):
     """``amx_int8_linear`` with the native ops and the activation code already resolved (kernels.py's per-call
     path, which has checked both)."""
-    out, codes, scale, finite = ops.amx_int8_linear(xq.contiguous(), row_scale.contiguous(), packed,
+    linear = ops.amx_int8_linear if amx_int8_available() else ops.vnni_int8_linear
+    out, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed,
                                                     col_scale.contiguous(), _NO_BIAS if bias is None else bias.contiguous(),
                                                     act, quantize_output)
     return (out, codes, scale, bool(finite)) if quantize_output else out
@@ -97,8 +100,11 @@ def int8_reference(xq, row_scale, w, col_scale, bias):
     return y if bias is None else y.add_(bias)
 
 
-def _probe_matches_reference() -> bool:
-    """Random codes, the extreme codes (sums past 2**24), partial row and column blocks, with and without bias."""
+def _probe_matches_reference(linear=None) -> bool:
+    """Random codes, the extreme codes (sums past 2**24), partial row and column blocks, with and without bias,
+    through ``linear`` (a native op with amx_int8_linear's signature; default: the AMX one)."""
+    if linear is None:
+        linear = native_ops().amx_int8_linear
     gen = torch.Generator().manual_seed(0)
     for m, k, n in ((1, 64, 16), (17, 1536, 48), (40, 384, 32), (33, 128, 80)):
         x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
@@ -106,7 +112,8 @@ def _probe_matches_reference() -> bool:
         x[0], w[0], w[1] = 127, 127, -128
         rs, cs = torch.rand(m, 1, generator=gen) + 0.01, torch.rand(n, generator=gen) + 0.01
         for bias in (None, torch.randn(n, generator=gen)):
-            if not torch.equal(amx_int8_linear(x, rs, pack_amx_weight(w), cs, bias), int8_reference(x, rs, w, cs, bias)):
+            got = linear(x, rs, pack_amx_weight(w), cs, _NO_BIAS if bias is None else bias, 0, False)[0]
+            if not torch.equal(got, int8_reference(x, rs, w, cs, bias)):
                 return False
     return True
 
@@ -157,3 +164,45 @@ def amx_int8_status(build: bool = True) -> str:
         if cpu_has("amx_tile") and not native_built():
             return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
     return _check()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _vnni_check() -> tuple[bool, str]:
+    if not cpu_has("vnni"):
+        return False, "off: this CPU has no VNNI"
+    ops = native_ops()
+    if ops is None:
+        return False, f"off: native kernels {native_status()}"
+    if not hasattr(ops, "vnni_int8_ready") or not ops.vnni_int8_ready():
+        status = ops.vnni_int8_status() if hasattr(ops, "vnni_int8_status") else "an older build without it"
+        return False, f"off: {status}"
+    return probe_status(lambda: _probe_matches_reference(ops.vnni_int8_linear),
+                        "on (leanformer AVX512-VNNI int8 kernel, rescale fused)",
+                        "off: the VNNI product did not match the reference on this CPU")
+
+
+def vnni_int8_available() -> bool:
+    """True when the AVX512-VNNI product (``csrc/vnni_int8.cpp``) runs here and matched the exact reference on
+    the first-use probe."""
+    return _vnni_check()[0]
+
+
+def vnni_int8_status(build: bool = True) -> str:
+    """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
+    if not build and _vnni_check.cache_info().currsize == 0 and cpu_has("vnni") and not native_built():
+        return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
+    return _vnni_check()[1]
+
+
+def int8_kernel() -> str | None:
+    """Which of leanformer's fused int8 kernels W8A8 and W4A8 layers run on here: "amx" (tiles), "vnni"
+    (AVX512-VNNI, for CPUs without AMX such as AMD Zen 4) or None (oneDNN / ``torch._int_mm`` and a separate
+    rescale). Both kernels take the same packed weight and give bit-identical outputs."""
+    if amx_int8_available():
+        return "amx"
+    return "vnni" if vnni_int8_available() else None
+
+
+def int8_kernel_available() -> bool:
+    """True when ``int8_kernel()`` names a kernel."""
+    return int8_kernel() is not None

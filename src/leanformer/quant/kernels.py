@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .amx import activation_code, amx_int8_available, amx_shape_ok, pack_amx_weight, run_amx_int8
+from .amx import activation_code, amx_shape_ok, int8_kernel_available, pack_amx_weight, run_amx_int8
 from .amx_w4 import amx_w4_available, amx_w4_linear, amx_w4_shape_ok, pack_amx_int4
 from .cpu_features import cpu_has
 from .native import native_ops
@@ -388,11 +388,11 @@ def _amx_applies(mod) -> bool:
         return False
     if mod.bits == 4:  # W4A8: the codes are unpacked onto the int8 grid per call (w4a8.py)
         return w4a8_shape_ok(mod.out_features, mod.in_features, _group_size(mod)) and amx_w4a8_available()
-    return amx_shape_ok(mod.out_features, mod.in_features) and amx_int8_available()
+    return amx_shape_ok(mod.out_features, mod.in_features) and int8_kernel_available()
 
 
 def _amx_int8_product(ops, mod, xq, xs, bias, act: int, prepare_output: bool):
-    """The AMX int8 kernel's outputs (``amx.run_amx_int8``) for a W8A8 or W4A8 layer."""
+    """The fused int8 kernel's outputs (``amx.run_amx_int8``: AMX or AVX512-VNNI) for a W8A8 or W4A8 layer."""
     if mod.bits == 4:
         tables = mod.kernel_cache("w4a8_amx", lambda: w4a8_tables(mod))
         return run_amx_w4a8(ops, xq, xs, tables, _group_size(mod), bias, act, prepare_output)

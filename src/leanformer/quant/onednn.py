@@ -14,10 +14,15 @@ bit-identical whichever product runs. That is checked, not assumed: the first us
 (random codes, the extreme codes -128/127, sums past 2**24, 1, 17 and 40 rows) against ``torch._int_mm``, and the
 path is used only if every value matches. CPUs without VNNI are never tried: there oneDNN multiplies u8 x s8
 pairs into saturating 16-bit intermediates, which can give wrong sums.
+
+The probe also times the op against ``torch._int_mm``: on an AMD Zen 4 VM, torch 2.13's oneDNN ran its reference
+int8 matmul for the packed weight (``ONEDNN_VERBOSE``: ``ref_int8``), correct but ~1000x slower than
+``torch._int_mm`` (8.9 s for MiniLM's 576x384 @ 384x1536 against 9 ms). A path that much slower is switched off.
 """
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +72,28 @@ def _probe_matches_int_mm() -> bool:
     return True
 
 
+_SLOWER_LIMIT = 4.0  # the packed product may be at most this many times slower than torch._int_mm
+
+
+def _slowdown_vs_int_mm() -> float:
+    """Best-of-3 time of the packed product over torch._int_mm's on a small (32, 256) @ (256, 256) product. The
+    ratio is ~1 or below for oneDNN's brgemm kernels and ~10**3 for its reference one, so noise cannot flip it."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-128, 128, (32, 256), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (256, 256), dtype=torch.int8, generator=gen)
+    packed, wt = pack_int8_weight(w), w.t()
+
+    def best(fn):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(lambda: int8_matmul(x, packed)) / max(best(lambda: torch._int_mm(x, wt)), 1e-7)
+
+
 @functools.lru_cache(maxsize=None)
 def _check() -> tuple[bool, str]:
     if not hasattr(torch.ops.onednn, "qlinear_pointwise") or not torch.backends.mkldnn.is_available():
@@ -79,6 +106,10 @@ def _check() -> tuple[bool, str]:
         return False, f"unavailable: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
     if not ok:
         return False, "off: the oneDNN int8 product did not match torch._int_mm on this CPU; using torch._int_mm"
+    slowdown = _slowdown_vs_int_mm()
+    if slowdown > _SLOWER_LIMIT:
+        return False, (f"off: oneDNN's int8 product ran {slowdown:.0f}x slower than torch._int_mm on this CPU "
+                       "(its reference kernel, not brgemm); using torch._int_mm")
     return True, "on (oneDNN int8 matmul, packed weights)"
 
 

@@ -23,8 +23,8 @@ import functools
 
 import torch
 
-from .amx import (TILE_DEPTH, TILE_ROWS, activation_code, amx_int8_available, amx_int8_status, int8_reference,
-                  pack_amx_weight, probe_status, sibling_status)
+from .amx import (TILE_DEPTH, TILE_ROWS, activation_code, amx_int8_available, amx_int8_status, int8_kernel,
+                  int8_reference, pack_amx_weight, probe_status, sibling_status, vnni_int8_status)
 from .native import native_ops, required_native_ops
 from .packing import NIBBLE_OFFSET
 
@@ -95,7 +95,8 @@ def amx_w4a8_linear(xq, row_scale, tables, group_size: int, bias=None, *, activa
 def run_amx_w4a8(ops, xq, row_scale, tables, group_size: int, bias, act: int, quantize_output: bool):
     """``amx_w4a8_linear`` with the native ops and the activation code already resolved (kernels.py's path)."""
     codes, zero, scale, inv, col_scale = tables
-    out, q, s, finite = ops.amx_w4a8_linear(xq.contiguous(), row_scale.contiguous(), codes, zero, scale, inv,
+    linear = ops.amx_w4a8_linear if amx_int8_available() else ops.vnni_w4a8_linear
+    out, q, s, finite = linear(xq.contiguous(), row_scale.contiguous(), codes, zero, scale, inv,
                                             group_size, col_scale, _NO_BIAS if bias is None else bias.contiguous(),
                                             act, quantize_output)
     return (out, q, s, bool(finite)) if quantize_output else out
@@ -140,12 +141,14 @@ def _probe_matches_reference() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _check() -> tuple[bool, str]:
-    if not amx_int8_available():  # the same build, tile grant and CPU as W8A8's kernel
-        return False, amx_int8_status()
+    kernel = int8_kernel()  # the same build, CPU (and tile grant) as W8A8's kernel
+    if kernel is None:
+        return False, f"off: no fused int8 kernel here (AMX: {amx_int8_status()}; VNNI: {vnni_int8_status()})"
     ops = native_ops()
-    if not hasattr(ops, "amx_w4a8_linear"):
+    if not hasattr(ops, f"{kernel}_w4a8_linear"):
         return False, "off: an older build without it"
-    return probe_status(_probe_matches_reference, "on (int4 codes unpacked to the AMX int8 kernel per call)",
+    return probe_status(_probe_matches_reference,
+                        f"on (int4 codes unpacked to the {kernel.upper()} int8 kernel per call)",
                         "off: the W4A8 product did not match the reference on this CPU")
 
 

@@ -48,8 +48,10 @@ void rescale_block(const int32_t* acc, int64_t rows, int halves, const float* rs
     }
   }
 }
+#endif
 
-// Applies gelu_erf to n floats in place (the tests compare it with F.gelu)
+#if defined(__AVX512F__)
+// Applies gelu_erf to n floats in place (the tests compare it with F.gelu; the VNNI kernel's epilogue uses it too)
 void gelu_inplace(float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gelu_erf(_mm512_loadu_ps(x + i)));
@@ -147,14 +149,14 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
   return {out, codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
 }
 
-// x (M, N) float32 contiguous: GELU in place with the kernel's epilogue function (for tests)
+// x (M, N) float32 contiguous: GELU in place with the AMX and VNNI kernels' epilogue function (for tests)
 torch::Tensor amx_gelu_(torch::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
               "x: contiguous float32 on CPU");
-#ifdef LEANFORMER_HAVE_AMX
+#if defined(__AVX512F__)
   gelu_inplace(x.data_ptr<float>(), x.numel());
 #else
-  TORCH_CHECK(false, "amx_gelu_: ", amx_int8_status());
+  TORCH_CHECK(false, "amx_gelu_: built without AVX512F");
 #endif
   return x;
 }

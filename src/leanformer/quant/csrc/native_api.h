@@ -14,6 +14,12 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
                                            const torch::Tensor& bias, int64_t activation, bool quantize);
 torch::Tensor amx_gelu_(torch::Tensor& x);
+// vnni_int8.cpp (the same operands and outputs as amx_int8_linear, on AVX512-VNNI)
+bool vnni_int8_ready();
+std::string vnni_int8_status();
+std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                            const torch::Tensor& bias, int64_t activation, bool quantize);
 // amx_w4.cpp
 std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
                                          const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
@@ -37,3 +43,8 @@ std::vector<torch::Tensor> amx_w4a8_linear(const torch::Tensor& xq, const torch:
                                            const torch::Tensor& scale, const torch::Tensor& inv, int64_t group_size,
                                            const torch::Tensor& col_scale, const torch::Tensor& bias,
                                            int64_t activation, bool quantize);
+std::vector<torch::Tensor> vnni_w4a8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                            const torch::Tensor& codes, const torch::Tensor& zero,
+                                            const torch::Tensor& scale, const torch::Tensor& inv, int64_t group_size,
+                                            const torch::Tensor& col_scale, const torch::Tensor& bias,
+                                            int64_t activation, bool quantize);

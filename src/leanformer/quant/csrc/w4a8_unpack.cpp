@@ -137,3 +137,13 @@ std::vector<torch::Tensor> amx_w4a8_linear(const torch::Tensor& xq, const torch:
   return amx_int8_linear(xq, row_scale, unpack_w4a8(codes, zero, scale, inv, group_size), col_scale, bias, activation,
                          quantize);
 }
+
+// the same on the AVX512-VNNI kernel (vnni_int8.cpp), for CPUs without AMX
+std::vector<torch::Tensor> vnni_w4a8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                            const torch::Tensor& codes, const torch::Tensor& zero,
+                                            const torch::Tensor& scale, const torch::Tensor& inv, int64_t group_size,
+                                            const torch::Tensor& col_scale, const torch::Tensor& bias,
+                                            int64_t activation, bool quantize) {
+  return vnni_int8_linear(xq, row_scale, unpack_w4a8(codes, zero, scale, inv, group_size), col_scale, bias, activation,
+                          quantize);
+}

@@ -1,0 +1,179 @@
+// W8A8's int8 x int8 product on AVX512-VNNI (VPDPBUSD), for x86 CPUs without AMX tiles (AMD Zen 4 and later,
+// Intel Ice Lake / Cascade Lake). Same operands, outputs and arithmetic as amx_int8.cpp, so the Python side
+// (leanformer.quant.amx) hands either kernel the same packed weight and gets bit-identical results.
+//
+// Why our own kernel: on the Zen 4 VM this was written on, torch 2.13's oneDNN picks its reference int8 matmul
+// for the packed weight (ONEDNN_VERBOSE: "ref_int8"; ~1000x slower than fp32), and torch._int_mm runs at about
+// fp32's speed. VPDPBUSD does 64 int8 products per instruction, 4x the float32 FMA rate.
+//
+// VPDPBUSD multiplies unsigned bytes by signed ones. The packed weight stays signed (amx.pack_amx_weight's
+// layout, whose 64-byte rows are exactly one register of 16 columns x 4 K values); the activations are made
+// unsigned by flipping their sign bit, a + 128, and the sums corrected with 128 * sum_k w[n, k] per column,
+// computed per call from the packed weight (one pass over it, ~1/70 of the product's work at 576 rows):
+//   sum_k (a + 128) w = sum_k a w + 128 sum_k w, in int32 without wrap-around for K < 2^16 (|sum| < 255*128*K).
+// VPDPBUSD (not the saturating VPDPBUSDS) adds its four products to the int32 lane exactly, so acc is the exact
+// int32 sum and out = ((float(acc) * row_scale) * col_scale) + bias, each step rounded to float32 as in the AMX
+// kernel and in torch._int_mm + rescale_int32 (quant_cpu.cpp).
+//
+// Blocking: each task takes 8-row blocks of A (converted to unsigned once, 8 x K bytes in L1) against
+// 32-column groups of B (2 registers per K step, streamed from L2: MiniLM's largest weight is 576 KB), 16
+// accumulators per block. Measured in a scratch loop on Zen 4 (576x384 @ 384x1536): 8x2 blocks ran at ~215
+// GMAC/s, about one VPDPBUSD per cycle; GCC 12 spills the accumulators of larger blocks (8x3: 80 GMAC/s).
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include "rescale_operands.h"
+#include "row_quant.h"
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gelu_avx512.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LEANFORMER_HAVE_VNNI 1
+#include <immintrin.h>
+#endif
+
+namespace {
+constexpr int64_t kCols = 16;   // columns per packed block (one register of int32 lanes)
+constexpr int64_t kDepth = 64;  // K per packed tile (amx.pack_amx_weight)
+constexpr int64_t kMr = 8;      // rows per block
+constexpr int kNv = 2;          // 16-column blocks per group
+
+#ifdef LEANFORMER_HAVE_VNNI
+// 128 * sum_k w[n, k] for the 16 columns of one packed block (K / 4 registers of 16 columns x 4 K values)
+__m512i column_correction(const int8_t* panel, int64_t steps) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t s = 0; s < steps; ++s) sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(panel + s * 64));
+  return _mm512_slli_epi32(sum, 7);
+}
+
+// The sums of kMr rows of unsigned A (`au`, rows `depth` bytes apart) with nv packed 16-column blocks, corrected,
+// rescaled, activated and stored for the first `valid` rows.
+template <int nv>
+void block(const uint8_t* au, int64_t depth, const int8_t* const* panels, const __m512i* correction, int64_t valid,
+           const float* rs, const float* cs, const float* bias, int64_t act, float* out, int64_t ldo) {
+  __m512i acc[kMr][nv];
+  for (int i = 0; i < kMr; ++i)
+    for (int j = 0; j < nv; ++j) acc[i][j] = _mm512_setzero_si512();
+  const int64_t steps = depth / 4;
+  for (int64_t s = 0; s < steps; ++s) {
+    __m512i b[nv];
+    for (int j = 0; j < nv; ++j) b[j] = _mm512_loadu_si512(panels[j] + s * 64);
+    for (int i = 0; i < kMr; ++i) {
+      int32_t four;
+      std::memcpy(&four, au + i * depth + 4 * s, 4);
+      const __m512i a = _mm512_set1_epi32(four);
+      for (int j = 0; j < nv; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, b[j]);
+    }
+  }
+  // to memory with constant indices, so that the accumulators stay in registers through the loop above (indexing
+  // them by the runtime row count below made GCC keep them on the stack, storing each one every K step)
+  alignas(64) int32_t sums[kMr * nv * kCols];
+  for (int i = 0; i < kMr; ++i)
+    for (int j = 0; j < nv; ++j)
+      _mm512_store_si512(sums + (i * nv + j) * kCols, _mm512_sub_epi32(acc[i][j], correction[j]));
+  for (int64_t i = 0; i < valid; ++i) {
+    const __m512 row = _mm512_set1_ps(rs[i]);
+    for (int j = 0; j < nv; ++j) {
+      __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(sums + (i * nv + j) * kCols));  // exact RNE, like a cast
+      v = _mm512_mul_ps(_mm512_mul_ps(v, row), _mm512_loadu_ps(cs + j * kCols));
+      if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j * kCols));
+      if (act == 1) v = gelu_erf(v);
+      _mm512_storeu_ps(out + i * ldo + j * kCols, v);
+    }
+  }
+}
+#endif
+}  // namespace
+
+bool vnni_int8_ready() {
+#ifdef LEANFORMER_HAVE_VNNI
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string vnni_int8_status() {
+#ifdef LEANFORMER_HAVE_VNNI
+  return "on";
+#else
+  return "off: built without AVX512-VNNI (this CPU or compiler has none)";
+#endif
+}
+
+// The same operands and outputs as amx_int8_linear (amx_int8.cpp): xq (M, K) int8, row_scale (M, 1), packed
+// (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or empty, activation (0 none, 1 GELU), quantize ->
+// {out (M, N) float32, codes (M, N) int8, scale (M, 1), finite} (the last three empty / true without `quantize`)
+std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                            const torch::Tensor& bias, int64_t activation, bool quantize) {
+  TORCH_CHECK(xq.device().is_cpu() && xq.scalar_type() == torch::kInt8 && xq.dim() == 2 && xq.is_contiguous(),
+              "xq: contiguous (M, K) int8 on CPU");
+  const int64_t rows = xq.size(0), depth = xq.size(1);
+  TORCH_CHECK(packed.scalar_type() == torch::kInt8 && packed.dim() == 4 && packed.is_contiguous() &&
+                  packed.size(1) * kDepth == depth && packed.size(2) == kCols && packed.size(3) == kDepth,
+              "packed: (N/16, K/64, 16, 64) int8 matching xq's K");
+  TORCH_CHECK(depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+  TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
+  const int64_t col_blocks = packed.size(0), cols = col_blocks * kCols;
+  const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
+  auto out = torch::empty({rows, cols}, row_scale.options());
+  auto codes = torch::empty({quantize ? rows : 0, cols}, xq.options());
+  auto scale = torch::empty({quantize ? rows : 0, 1}, row_scale.options());
+  std::atomic<bool> finite{true};
+#ifdef LEANFORMER_HAVE_VNNI
+  const int8_t* ap = xq.data_ptr<int8_t>();
+  const int8_t* bp = packed.data_ptr<int8_t>();
+  const float* rp = row_scale.data_ptr<float>();
+  const float* cp = col_scale.data_ptr<float>();
+  const float* biasp = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t panel = depth * kCols, steps = depth / 4;
+  std::vector<__m512i> correction(col_blocks);
+  at::parallel_for(0, col_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; ++nb) correction[nb] = column_correction(bp + nb * panel, steps);
+  });
+  const int64_t row_blocks = (rows + kMr - 1) / kMr, groups = (col_blocks + kNv - 1) / kNv;
+  // Tasks hold whole row blocks (A stays in L1 across its column groups, and quantizing needs whole rows),
+  // except for small batches without quantization, split by column group so that both cores get work.
+  const bool whole_rows = quantize || row_blocks >= 2 * at::get_num_threads();
+  const int64_t units = whole_rows ? row_blocks : row_blocks * groups;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> au(kMr * depth);
+    int64_t converted = -1;  // the row block held in `au`
+    const int64_t first = whole_rows ? begin * groups : begin, last = whole_rows ? end * groups : end;
+    for (int64_t u = first; u < last; ++u) {
+      const int64_t rb = u / groups, g = u % groups, m0 = rb * kMr;
+      const int64_t valid = std::min(kMr, rows - m0);
+      if (rb != converted) {  // a + 128 (the sign bit flipped); rows past the end read as a = -128, never stored
+        std::memset(au.data(), 0, au.size());
+        for (int64_t i = 0; i < valid * depth; ++i) au[i] = static_cast<uint8_t>(ap[m0 * depth + i]) ^ 0x80;
+        converted = rb;
+      }
+      const int64_t n0 = g * kNv * kCols, nv = std::min<int64_t>(kNv, col_blocks - g * kNv);
+      const int8_t* panels[kNv];
+      for (int j = 0; j < nv; ++j) panels[j] = bp + (g * kNv + j) * panel;
+      const __m512i* corr = correction.data() + g * kNv;
+      const float* bias_g = biasp ? biasp + n0 : nullptr;
+      float* out_g = op + m0 * cols + n0;
+      if (nv == 2) block<2>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
+      else block<1>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
+      if (quantize && g == groups - 1) {  // the row block is complete
+        for (int64_t m = m0; m < m0 + valid; ++m)
+          if (!quantize_row(op + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
+            finite = false;
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "vnni_int8_linear: ", vnni_int8_status());
+#endif
+  return {out, codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+}
