@@ -234,11 +234,12 @@ def ab_rounds(base, bf16, built: dict, batch, reps: int, rows: Rows) -> None:
 
 def _machine_probes() -> dict:
     """Two fixed products timed in every A/B round: MiniLM's FFN-in shape (576x384 @ 384x1536) as fp32 F.linear
-    and on the AMX int8 tiles (no GELU). Their ratio says how much of the AMX unit this round had: on this
-    shared VM it swings by up to ~3x while fp32 moves far less, and the quantized models' speed-ups follow."""
+    and on leanformer's int8 kernel (AMX tiles, or AVX512-VNNI; no GELU). Their ratio says how much of the int8
+    unit this round had: on the Sapphire Rapids VM it swung by up to ~3x while fp32 moved far less, and the
+    quantized models' speed-ups followed."""
     from leanformer.quant import amx
 
-    if not amx.amx_int8_available():
+    if not amx.int8_kernel_available():
         return {}
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(576, 384, generator=gen), torch.randn(1536, 384, generator=gen)
@@ -255,13 +256,16 @@ def _report_probes(times: dict, names: list, rows: Rows) -> None:
     probe = _round_ratios(times, "probe_fp32", "probe_amx")
     cut = statistics.median(probe)
     q1, _, q3 = statistics.quantiles(probe, n=4)
-    print(f"  machine probe (FFN-in product, fp32 / AMX int8 time per round): median {cut:.1f}x ({q1:.1f}-{q3:.1f})")
+    from leanformer.quant import amx
+
+    kernel = amx.int8_kernel().upper()
+    print(f"  machine probe (FFN-in product, fp32 / {kernel} int8 time per round): median {cut:.1f}x ({q1:.1f}-{q3:.1f})")
     rows.add("minilm", "machine", "probe_fp32_over_amx", "x", cut, config={"q1": q1, "q3": q3})
     for name in names:
         ratios = _round_ratios(times, "fp32", name)
         fast = statistics.median([r for r, p in zip(ratios, probe) if p >= cut])
         slow = statistics.median([r for r, p in zip(ratios, probe) if p < cut])
-        print(f"    {name:22s} {fast:.2f}x in the rounds with the faster AMX unit, {slow:.2f}x in the others")
+        print(f"    {name:22s} {fast:.2f}x in the rounds with the faster int8 unit, {slow:.2f}x in the others")
         rows.add("minilm", "machine", "ab_speedup_by_probe", "x", fast, config={"method": name, "half": "faster_amx"})
         rows.add("minilm", "machine", "ab_speedup_by_probe", "x", slow, config={"method": name, "half": "slower_amx"})
 
