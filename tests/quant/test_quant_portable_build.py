@@ -18,6 +18,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("short_attention", &short_attention);
   m.def("residual_layer_norm", &residual_layer_norm);
   m.def("unpack_w4a8", &unpack_w4a8);
+  m.def("vnni_int8_status", &vnni_int8_status);
 }
 """
 
@@ -37,7 +38,8 @@ def plain_ops(tmp_path_factory):
         return load(name="leanformer_portable_test", build_directory=str(build),
                     sources=[str(build / "binding.cpp"), str(csrc / "short_attention.cpp"),
                              str(csrc / "residual_norm.cpp"), str(csrc / "w4a8_unpack.cpp"),
-                             str(csrc / "amx_int8.cpp")],  # (w4a8_unpack.cpp calls its product: built as a stub)
+                             # (w4a8_unpack.cpp calls their products: built as stubs)
+                             str(csrc / "amx_int8.cpp"), str(csrc / "vnni_int8.cpp")],
                     extra_cflags=["-O2", "-march=x86-64-v2", "-ffp-contract=off", "-fopenmp-simd"],
                     extra_include_paths=[str(csrc)], verbose=False)
     except Exception as exc:  # no compiler here: nothing to test
@@ -76,3 +78,7 @@ def test_plain_w4a8_unpack_equals_the_definition(plain_ops, gs, symmetric):
     codes, zero, scale, inv, _ = w4a8_tables(mod)
     got = plain_ops.unpack_w4a8(codes, zero, scale, inv, 192 if gs is None else gs)
     assert torch.equal(got, pack_amx_weight(requantized_weight(mod)[0]))
+
+
+def test_the_vnni_kernel_built_without_vnni_says_so(plain_ops):
+    assert "built without AVX512-VNNI" in plain_ops.vnni_int8_status()
