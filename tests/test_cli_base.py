@@ -35,6 +35,8 @@ def test_env_json_reports_versions():
     assert report["onednn_int8_matmul"].startswith(("on", "off", "unavailable"))
     assert report["amx_int8_matmul"].startswith(("on", "off", "unavailable", "not checked yet"))
     assert report["amx_int4_matmul"].startswith(("on", "off", "unavailable", "not checked yet"))
+    assert report["vnni_int8_matmul"].startswith(("on", "off", "unavailable", "not checked yet"))
+    assert report["w4a8_matmul"].startswith(("on", "off", "unavailable", "not checked yet"))
 
 
 def test_unknown_subcommand_fails():

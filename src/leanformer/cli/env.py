@@ -63,7 +63,7 @@ def collect() -> dict:
         "amx_int8_matmul": amx_int8_status(build=False),
         "vnni_int8_matmul": vnni_int8_status(build=False),
         "amx_int4_matmul": amx_w4_status(build=False),
-        "amx_w4a8_matmul": amx_w4a8_status(build=False),
+        "w4a8_matmul": amx_w4a8_status(build=False),
         "packages": {name: _package_version(name) for name in packages},
     }
 

@@ -16,7 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include "rescale_operands.h"
+#include "int8_linear_operands.h"
 #include "row_quant.h"
 
 #include <atomic>
@@ -86,18 +86,10 @@ std::string amx_int8_status() {
 std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
                                            const torch::Tensor& bias, int64_t activation, bool quantize) {
-  TORCH_CHECK(xq.device().is_cpu() && xq.scalar_type() == torch::kInt8 && xq.dim() == 2 && xq.is_contiguous(),
-              "xq: contiguous (M, K) int8 on CPU");
-  const int64_t rows = xq.size(0), depth = xq.size(1);
-  TORCH_CHECK(packed.scalar_type() == torch::kInt8 && packed.dim() == 4 && packed.is_contiguous() &&
-                  packed.size(1) * kDepth == depth && packed.size(2) == kRows && packed.size(3) == kDepth,
-              "packed: (N/16, K/64, 16, 64) int8 matching xq's K");
-  TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
-  const int64_t cols = packed.size(0) * kRows;
-  const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
-  auto out = torch::empty({rows, cols}, row_scale.options());
-  auto codes = torch::empty({quantize ? rows : 0, cols}, xq.options());
-  auto scale = torch::empty({quantize ? rows : 0, 1}, row_scale.options());
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
+  const int64_t rows = io.rows, depth = io.depth, cols = io.cols;
+  const bool has_bias = io.has_bias;
+  auto &out = io.out, &codes = io.codes, &scale = io.scale;
   std::atomic<bool> finite{true};
 #ifdef LEANFORMER_HAVE_AMX
   TORCH_CHECK(request_tiles(), "AMX tiles unavailable: ", amx_int8_status());

@@ -9,7 +9,7 @@
 // VPDPBUSD multiplies unsigned bytes by signed ones. The packed weight stays signed (amx.pack_amx_weight's
 // layout, whose 64-byte rows are exactly one register of 16 columns x 4 K values); the activations are made
 // unsigned by flipping their sign bit, a + 128, and the sums corrected with 128 * sum_k w[n, k] per column,
-// computed per call from the packed weight (one pass over it, ~1/70 of the product's work at 576 rows):
+// computed per call from the packed weight (one pass over it: 1/M of the product's instructions):
 //   sum_k (a + 128) w = sum_k a w + 128 sum_k w, in int32 without wrap-around for K < 2^16 (|sum| < 255*128*K).
 // VPDPBUSD (not the saturating VPDPBUSDS) adds its four products to the int32 lane exactly, so acc is the exact
 // int32 sum and out = ((float(acc) * row_scale) * col_scale) + bias, each step rounded to float32 as in the AMX
@@ -24,7 +24,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include "rescale_operands.h"
+#include "int8_linear_operands.h"
 #include "row_quant.h"
 
 #include <atomic>
@@ -116,19 +116,12 @@ std::string vnni_int8_status() {
 std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                             const torch::Tensor& packed, const torch::Tensor& col_scale,
                                             const torch::Tensor& bias, int64_t activation, bool quantize) {
-  TORCH_CHECK(xq.device().is_cpu() && xq.scalar_type() == torch::kInt8 && xq.dim() == 2 && xq.is_contiguous(),
-              "xq: contiguous (M, K) int8 on CPU");
-  const int64_t rows = xq.size(0), depth = xq.size(1);
-  TORCH_CHECK(packed.scalar_type() == torch::kInt8 && packed.dim() == 4 && packed.is_contiguous() &&
-                  packed.size(1) * kDepth == depth && packed.size(2) == kCols && packed.size(3) == kDepth,
-              "packed: (N/16, K/64, 16, 64) int8 matching xq's K");
-  TORCH_CHECK(depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
-  TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
-  const int64_t col_blocks = packed.size(0), cols = col_blocks * kCols;
-  const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
-  auto out = torch::empty({rows, cols}, row_scale.options());
-  auto codes = torch::empty({quantize ? rows : 0, cols}, xq.options());
-  auto scale = torch::empty({quantize ? rows : 0, 1}, row_scale.options());
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
+  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+  const int64_t rows = io.rows, depth = io.depth, cols = io.cols;
+  const bool has_bias = io.has_bias;
+  const int64_t col_blocks = cols / kCols;
+  auto &out = io.out, &codes = io.codes, &scale = io.scale;
   std::atomic<bool> finite{true};
 #ifdef LEANFORMER_HAVE_VNNI
   const int8_t* ap = xq.data_ptr<int8_t>();

@@ -1,0 +1,34 @@
+// The operand checks and outputs of the two fused int8 kernels (amx_int8.cpp, vnni_int8.cpp), which take the
+// same packed weight and return the same tensors.
+#pragma once
+#include <torch/extension.h>
+
+#include <cstdint>
+
+#include "rescale_operands.h"
+
+struct Int8Linear {
+  int64_t rows, depth, cols;
+  bool has_bias;
+  torch::Tensor out, codes, scale;  // (M, N) float32; (M, N) int8 and (M, 1) float32, or empty without `quantize`
+};
+
+// xq (M, K) int8 contiguous, row_scale (M, 1), packed (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or
+// empty, activation 0 (none) or 1 (GELU): checked, with the outputs allocated
+inline Int8Linear check_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                    const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                    const torch::Tensor& bias, int64_t activation, bool quantize) {
+  constexpr int64_t kCols = 16, kDepth = 64;
+  TORCH_CHECK(xq.device().is_cpu() && xq.scalar_type() == torch::kInt8 && xq.dim() == 2 && xq.is_contiguous(),
+              "xq: contiguous (M, K) int8 on CPU");
+  const int64_t rows = xq.size(0), depth = xq.size(1);
+  TORCH_CHECK(packed.scalar_type() == torch::kInt8 && packed.dim() == 4 && packed.is_contiguous() &&
+                  packed.size(1) * kDepth == depth && packed.size(2) == kCols && packed.size(3) == kDepth,
+              "packed: (N/16, K/64, 16, 64) int8 matching xq's K");
+  TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
+  const int64_t cols = packed.size(0) * kCols;
+  const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
+  return {rows, depth, cols, has_bias, torch::empty({rows, cols}, row_scale.options()),
+          torch::empty({quantize ? rows : 0, cols}, xq.options()),
+          torch::empty({quantize ? rows : 0, 1}, row_scale.options())};
+}
