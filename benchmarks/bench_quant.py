@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import Rows, keep_freed_memory_mapped, time_fn  # noqa: E402
+from _harness import Rows, keep_freed_memory_mapped  # noqa: E402
 
 from leanformer.models import build_model, minilm_dir  # noqa: E402
 from leanformer.quant import (ANTConfig, EmbeddingConfig, MixedPrecisionConfig, SQuantConfig, W4A8Config,  # noqa: E402

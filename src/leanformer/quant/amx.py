@@ -14,6 +14,10 @@ is switched off on any mismatch. It applies on CPUs with AMX-INT8, for weights w
 
 The weight is repacked once per module into the order the tiles read (``pack_amx_weight``): a plain int8
 tensor of N*K bytes held in the module's kernel cache, so unlike oneDNN's opaque layout it can be copied.
+
+CPUs with AVX512-VNNI and no AMX (AMD Zen 4, Intel Ice Lake) run the same packed weight through the VNNI kernel
+(``csrc/vnni_int8.cpp``) with bit-identical outputs, checked by the same probe; ``int8_kernel()`` says which of
+the two runs here, and ``run_amx_int8`` / ``amx_int8_linear`` call it.
 """
 from __future__ import annotations
 
@@ -85,9 +89,8 @@ def run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act: int, quantize
     """``amx_int8_linear`` with the native ops and the activation code already resolved (kernels.py's per-call
     path, which has checked both)."""
     linear = ops.amx_int8_linear if amx_int8_available() else ops.vnni_int8_linear
-    out, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed,
-                                                    col_scale.contiguous(), _NO_BIAS if bias is None else bias.contiguous(),
-                                                    act, quantize_output)
+    out, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
+                                       _NO_BIAS if bias is None else bias.contiguous(), act, quantize_output)
     return (out, codes, scale, bool(finite)) if quantize_output else out
 
 

@@ -96,9 +96,8 @@ def run_amx_w4a8(ops, xq, row_scale, tables, group_size: int, bias, act: int, qu
     """``amx_w4a8_linear`` with the native ops and the activation code already resolved (kernels.py's path)."""
     codes, zero, scale, inv, col_scale = tables
     linear = ops.amx_w4a8_linear if amx_int8_available() else ops.vnni_w4a8_linear
-    out, q, s, finite = linear(xq.contiguous(), row_scale.contiguous(), codes, zero, scale, inv,
-                                            group_size, col_scale, _NO_BIAS if bias is None else bias.contiguous(),
-                                            act, quantize_output)
+    out, q, s, finite = linear(xq.contiguous(), row_scale.contiguous(), codes, zero, scale, inv, group_size,
+                               col_scale, _NO_BIAS if bias is None else bias.contiguous(), act, quantize_output)
     return (out, q, s, bool(finite)) if quantize_output else out
 
 
