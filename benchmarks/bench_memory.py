@@ -16,7 +16,6 @@ to the math kernel, so "stock SDPA" here is the CPU default, not CUDA's fused ke
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import statistics
 import sys

@@ -12,7 +12,6 @@ table (the one in docs/profile.md) and draws a stacked-bar chart (benchmarks/res
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
