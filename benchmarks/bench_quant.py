@@ -98,16 +98,17 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "mixed8.5": ("leanformer", "w4g64 / int8 mixed, budget 8.5 MB", _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB8)),
     "mixed8.5_emb4": ("leanformer", "mixed8.5 with int4 g16 embeddings",
                       _ours(MixedPrecisionConfig(low=W4G64, budget_mb=8.5), EMB4)),
-    "w8a8": ("leanformer", "dynamic W8A8 per-token: AMX kernel with fused rescale (+ GELU and the next "
-                           "quantization in the FFN) on AMX CPUs, else oneDNN int8 matmul (torch._int_mm under 128 "
-                           "rows)", _ours(W8A8Config(), EMB8)),
+    "w8a8": ("leanformer", "dynamic W8A8 per-token: the fused int8 kernel (AMX, else AVX512-VNNI) with the rescale "
+                           "(+ GELU and the next quantization in the FFN) fused, else oneDNN int8 matmul "
+                           "(torch._int_mm under 128 rows or where oneDNN's probe fails)", _ours(W8A8Config(), EMB8)),
     "w8a8_eager": ("leanformer", "w8a8 with the native fused ops, AMX and oneDNN off (torch._int_mm)",
                    _policy(_ours(W8A8Config(), EMB8), native=False, amx_int8=False, onednn_int8=False)),
     "w8a8_unfused": ("leanformer", "w8a8 without fuse_feed_forward_ (GELU and its quantization as separate passes)",
                      _ours(W8A8Config(fuse=False), EMB8)),
-    "w8a8_onednn": ("leanformer", "w8a8 with oneDNN's packed int8 matmul instead of the AMX kernel",
+    "w8a8_onednn": ("leanformer", "w8a8 with the fused int8 kernels off: oneDNN's packed int8 matmul where its "
+                                  "first-use probe passes, else torch._int_mm (the header line says which)",
                     _policy(_ours(W8A8Config(), EMB8), amx_int8=False)),
-    "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of the AMX kernel / oneDNN",
+    "w8a8_intmm": ("leanformer", "w8a8 with torch._int_mm instead of the fused int8 kernels / oneDNN",
                    _policy(_ours(W8A8Config(), EMB8), amx_int8=False, onednn_int8=False)),
     "w4a8": ("leanformer", "W4A8: the int4 g32 weights of w4g64's quantizer, int8 per-token activations, on the "
                            "W8A8 int8 kernels (codes unpacked to int8 per call)", _ours(W4A8Config(), EMB8)),
@@ -356,6 +357,10 @@ def main() -> int:
                                          "hqq_4bit_g64")}
     print(f"MiniLM-L6, {args.threads} thread(s), batch-32 = {tuple(batch32['input_ids'].shape)} tokens, "
           f"torch {torch.__version__}")
+    from leanformer.quant import amx, amx_w4, onednn
+
+    print(f"kernels here: fused int8 {amx.int8_kernel() or 'none'}; oneDNN int8 {onednn.onednn_int8_status()}; "
+          f"AMX int4 {amx_w4.amx_w4_status()}")
     fp32_linear_mb = sum(m.weight.numel() * 4 for m in base.modules() if isinstance(m, torch.nn.Linear)) / 1e6
     table, built = [], {}
     with torch.no_grad():

@@ -16,7 +16,7 @@ path is used only if every value matches. CPUs without VNNI are never tried: the
 pairs into saturating 16-bit intermediates, which can give wrong sums.
 
 The probe also times the op against ``torch._int_mm``: on an AMD Zen 4 VM, torch 2.13's oneDNN ran its reference
-int8 matmul for the packed weight (``ONEDNN_VERBOSE``: ``ref_int8``), correct but 850-1250x slower than
+int8 matmul for the packed weight (``ONEDNN_VERBOSE``: ``ref_int8``), correct but 850-2900x slower than
 ``torch._int_mm`` on the probe's product (8.5-8.9 s for MiniLM's 576x384 @ 384x1536, against 2.6-9 ms). A path
 more than 4x slower is switched off.
 """
