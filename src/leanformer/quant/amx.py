@@ -103,11 +103,9 @@ def int8_reference(xq, row_scale, w, col_scale, bias):
     return y if bias is None else y.add_(bias)
 
 
-def _probe_matches_reference(linear=None) -> bool:
+def _probe_matches_reference(linear) -> bool:
     """Random codes, the extreme codes (sums past 2**24), partial row and column blocks, with and without bias,
-    through ``linear`` (a native op with amx_int8_linear's signature; default: the AMX one)."""
-    if linear is None:
-        linear = native_ops().amx_int8_linear
+    through ``linear`` (a native op with amx_int8_linear's signature)."""
     gen = torch.Generator().manual_seed(0)
     for m, k, n in ((1, 64, 16), (17, 1536, 48), (40, 384, 32), (33, 128, 80)):
         x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
@@ -121,18 +119,33 @@ def _probe_matches_reference(linear=None) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
-def _check() -> tuple[bool, str]:
-    if not cpu_has("amx_tile"):  # torch has no AMX-INT8 probe; the build checks it (__AMX_INT8__ with -march=native)
-        return False, "off: this CPU has no AMX"
+def _native_check(kernel: str, cpu_feature: str, name: str, label: str) -> tuple[bool, str]:
+    """The availability check the two fused int8 kernels share: the CPU feature, the native build, the kernel's
+    own ``<kernel>_int8_ready``, then the first-use probe through ``<kernel>_int8_linear``."""
+    if not cpu_has(cpu_feature):
+        return False, f"off: this CPU has no {name}"
     ops = native_ops()
     if ops is None:
         return False, f"off: native kernels {native_status()}"
-    if not hasattr(ops, "amx_int8_ready") or not ops.amx_int8_ready():
-        status = ops.amx_int8_status() if hasattr(ops, "amx_int8_status") else "an older build without it"
-        return False, f"off: {status}"
-    return probe_status(_probe_matches_reference, "on (leanformer AMX int8 kernel, rescale fused)",
-                        "off: the AMX product did not match the reference on this CPU")
+    ready, status = getattr(ops, f"{kernel}_int8_ready", None), getattr(ops, f"{kernel}_int8_status", None)
+    if ready is None or not ready():
+        return False, f"off: {status() if status is not None else 'an older build without it'}"
+    return probe_status(lambda: _probe_matches_reference(getattr(ops, f"{kernel}_int8_linear")),
+                        f"on (leanformer {label}, rescale fused)",
+                        f"off: the {name} product did not match the reference on this CPU")
+
+
+def _native_status(check, cpu_feature: str, build: bool) -> str:
+    """``check``'s status line; with ``build=False``, "not checked yet" instead of compiling the native kernels."""
+    if not build and check.cache_info().currsize == 0 and cpu_has(cpu_feature) and not native_built():
+        return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
+    return check()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _check() -> tuple[bool, str]:
+    # torch has no AMX-INT8 probe; the build checks it (__AMX_INT8__ with -march=native)
+    return _native_check("amx", "amx_tile", "AMX", "AMX int8 kernel")
 
 
 def probe_status(probe, on: str, failed: str) -> tuple[bool, str]:
@@ -163,25 +176,12 @@ def amx_int8_available() -> bool:
 
 def amx_int8_status(build: bool = True) -> str:
     """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
-    if not build and _check.cache_info().currsize == 0:
-        if cpu_has("amx_tile") and not native_built():
-            return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
-    return _check()[1]
+    return _native_status(_check, "amx_tile", build)
 
 
 @functools.lru_cache(maxsize=None)
 def _vnni_check() -> tuple[bool, str]:
-    if not cpu_has("vnni"):
-        return False, "off: this CPU has no VNNI"
-    ops = native_ops()
-    if ops is None:
-        return False, f"off: native kernels {native_status()}"
-    if not hasattr(ops, "vnni_int8_ready") or not ops.vnni_int8_ready():
-        status = ops.vnni_int8_status() if hasattr(ops, "vnni_int8_status") else "an older build without it"
-        return False, f"off: {status}"
-    return probe_status(lambda: _probe_matches_reference(ops.vnni_int8_linear),
-                        "on (leanformer AVX512-VNNI int8 kernel, rescale fused)",
-                        "off: the VNNI product did not match the reference on this CPU")
+    return _native_check("vnni", "vnni", "VNNI", "AVX512-VNNI int8 kernel")
 
 
 def vnni_int8_available() -> bool:
@@ -192,9 +192,7 @@ def vnni_int8_available() -> bool:
 
 def vnni_int8_status(build: bool = True) -> str:
     """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
-    if not build and _vnni_check.cache_info().currsize == 0 and cpu_has("vnni") and not native_built():
-        return "not checked yet (checked on the first W8A8 forward, once the native kernels are built)"
-    return _vnni_check()[1]
+    return _native_status(_vnni_check, "vnni", build)
 
 
 def int8_kernel() -> str | None:
