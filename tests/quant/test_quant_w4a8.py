@@ -156,3 +156,21 @@ def test_a_mismatching_probe_switches_the_path_off(monkeypatch):
         assert "w4a8_amx" not in mod._cache and "w4a8_int8" in mod._cache
     finally:
         w4a8._check.cache_clear()
+
+
+def test_status_without_building_says_not_checked_on_a_vnni_only_cpu(monkeypatch):
+    # leanformer env (build=False) must not compile the native kernels to report W4A8 on a CPU with VNNI, no AMX
+    from leanformer.quant import amx
+
+    caches = (amx._check, amx._vnni_check, w4a8._check)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        monkeypatch.setattr(amx, "cpu_has", lambda *names: "vnni" in names)
+        monkeypatch.setattr(amx, "native_built", lambda: False)
+        status = amx_w4a8_status(build=False)
+        assert status.startswith("not checked yet") and "W4A8 forward" in status
+        assert w4a8._check.cache_info().currsize == 0  # nothing was checked (or built) to say so
+    finally:
+        for cache in caches:
+            cache.cache_clear()

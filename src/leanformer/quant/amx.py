@@ -158,14 +158,16 @@ def probe_status(probe, on: str, failed: str) -> tuple[bool, str]:
     return (True, on) if ok else (False, failed)
 
 
-def sibling_status(check, build: bool, forward: str) -> str:
+def sibling_status(check, build: bool, forward: str, parents=None) -> str:
     """``leanformer env``'s line for a kernel that shares the W8A8 kernel's build (``check``: its cached
-    ``(available, status)`` function); ``build=False`` does not compile the native kernels to find out, and names
-    the ``forward`` that will check it."""
+    ``(available, status)`` function; ``parents``: the status functions of the int8 kernels it can run on, by
+    default the AMX one's); ``build=False`` does not compile the native kernels to find out, and names the
+    ``forward`` that will check it."""
     if not build and check.cache_info().currsize == 0:
-        status = amx_int8_status(build=False)
-        if status.startswith("not checked yet"):
-            return status.replace("W8A8 forward", forward)
+        for parent in parents or (amx_int8_status,):
+            status = parent(build=False)
+            if status.startswith("not checked yet"):
+                return status.replace("W8A8 forward", forward)
     return check()[1]
 
 

@@ -158,4 +158,4 @@ def amx_w4a8_available() -> bool:
 
 def amx_w4a8_status(build: bool = True) -> str:
     """One line for ``leanformer env``; ``build=False`` does not compile the native kernels to find out."""
-    return sibling_status(_check, build, "W4A8 forward")
+    return sibling_status(_check, build, "W4A8 forward", (amx_int8_status, vnni_int8_status))
