@@ -18,9 +18,10 @@
 // Blocking: each task takes 8-row blocks of A (converted to unsigned once, 8 x K bytes in L1) against
 // 32-column groups of B (2 registers per K step, streamed from L2: MiniLM's largest weight is 576 KB), 16
 // accumulators per block. Measured in a scratch loop on Zen 4 (576x384 @ 384x1536): 8x2 blocks ran at ~215
-// GMAC/s, about one VPDPBUSD per cycle; GCC 12 spills the accumulators of larger blocks (8x3: 80 GMAC/s).
-// Fetching each column group once per 64-row panel instead (B reused from L1) was no faster inside MiniLM
-// (0.95x the speed, 20 interleaved forwards), so the simpler order stays.
+// GMAC/s, about one VPDPBUSD per cycle, once the products were written as in-place asm (dot_accumulate); 12x2
+// blocks (24 accumulators) were no faster (171-192 against 184-204 GMAC/s for 8x2). Fetching each column group
+// once per 64-row panel instead (B reused from L1) was no faster inside MiniLM (0.95x the speed, 20 interleaved
+// forwards), so the simpler order stays.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -55,31 +56,52 @@ __m512i column_correction(const int8_t* panel, int64_t steps) {
   return _mm512_slli_epi32(sum, 7);
 }
 
+// acc += the four-byte dot products of u (unsigned) and w (signed) per int32 lane: VPDPBUSD in place. Written as
+// inline asm because GCC 12 compiles _mm512_dpbusd_epi32 on an accumulator array into register-to-register copies
+// of the accumulators (and stack spills) on every K step, about 60 instructions per 16 products; with the asm the
+// loop is the 16 products, 8 broadcasts and 2 loads. In a scratch loop on Zen 4 this ran MiniLM's three product
+// shapes at 1.05-1.5x the speed (same int32 sums; noisy VM).
+inline void dot_accumulate(__m512i& acc, __m512i u, __m512i w) {
+#if defined(__GNUC__)
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(w));
+#else
+  acc = _mm512_dpbusd_epi32(acc, u, w);
+#endif
+}
+
 // The sums of kMr rows of unsigned A (`au`, rows `depth` bytes apart) with nv packed 16-column blocks, corrected,
-// rescaled, activated and stored for the first `valid` rows.
+// rescaled, activated and stored for the first `valid` rows. Not inlined: inside vnni_int8_linear's parallel
+// lambda GCC kept the accumulators on the stack (a load and a store around every product; 0.5x the speed).
 template <int nv>
-void block(const uint8_t* au, int64_t depth, const int8_t* const* panels, const __m512i* correction, int64_t valid,
+__attribute__((noinline)) void block(const uint8_t* au, int64_t depth, const int8_t* const* panels, const __m512i* correction, int64_t valid,
            const float* rs, const float* cs, const float* bias, int64_t act, float* out, int64_t ldo) {
-  __m512i acc[kMr][nv];
-  for (int i = 0; i < kMr; ++i)
-    for (int j = 0; j < nv; ++j) acc[i][j] = _mm512_setzero_si512();
+  // one named array per column block, indexed only by unrolled loops, so that all 8 * nv stay in registers
+  __m512i acc0[kMr], acc1[kMr];
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) acc0[i] = acc1[i] = _mm512_setzero_si512();
+  const int8_t* w0 = panels[0];
+  const int8_t* w1 = nv == 2 ? panels[1] : panels[0];
   const int64_t steps = depth / 4;
   for (int64_t s = 0; s < steps; ++s) {
-    __m512i b[nv];
-    for (int j = 0; j < nv; ++j) b[j] = _mm512_loadu_si512(panels[j] + s * 64);
+    const __m512i b0 = _mm512_loadu_si512(w0 + s * 64);
+    const __m512i b1 = _mm512_loadu_si512(w1 + s * 64);
+#pragma GCC unroll 8
     for (int i = 0; i < kMr; ++i) {
       int32_t four;
       std::memcpy(&four, au + i * depth + 4 * s, 4);
       const __m512i a = _mm512_set1_epi32(four);
-      for (int j = 0; j < nv; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, b[j]);
+      dot_accumulate(acc0[i], a, b0);
+      if constexpr (nv == 2) dot_accumulate(acc1[i], a, b1);
     }
   }
   // to memory with constant indices, so that the accumulators stay in registers through the loop above (indexing
   // them by the runtime row count below made GCC keep them on the stack, storing each one every K step)
   alignas(64) int32_t sums[kMr * nv * kCols];
-  for (int i = 0; i < kMr; ++i)
-    for (int j = 0; j < nv; ++j)
-      _mm512_store_si512(sums + (i * nv + j) * kCols, _mm512_sub_epi32(acc[i][j], correction[j]));
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) {
+    _mm512_store_si512(sums + i * nv * kCols, _mm512_sub_epi32(acc0[i], correction[0]));
+    if constexpr (nv == 2) _mm512_store_si512(sums + (i * nv + 1) * kCols, _mm512_sub_epi32(acc1[i], correction[1]));
+  }
   for (int64_t i = 0; i < valid; ++i) {
     const __m512 row = _mm512_set1_ps(rs[i]);
     for (int j = 0; j < nv; ++j) {
