@@ -230,7 +230,8 @@ inline void transpose16(__m512 x[16]) {
     u[4 * k + 3] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xEE);
   }
   for (int m = 0; m < 4; ++m) {
-    const __m512 even01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), odd01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+    const __m512 even01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+    const __m512 odd01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
     const __m512 even23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
     const __m512 odd23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
     x[m] = _mm512_shuffle_f32x4(even01, even23, 0x88);

@@ -60,7 +60,7 @@ __m512i column_correction(const int8_t* panel, int64_t steps) {
 // inline asm because GCC 12 compiles _mm512_dpbusd_epi32 on an accumulator array into register-to-register copies
 // of the accumulators (and stack spills) on every K step, about 60 instructions per 16 products; with the asm the
 // loop is the 16 products, 8 broadcasts and 2 loads. In a scratch loop on Zen 4 this ran MiniLM's three product
-// shapes at 1.05-1.5x the speed (same int32 sums; noisy VM).
+// shapes at 1.05-2.0x the speed in two runs (same int32 sums; noisy VM).
 inline void dot_accumulate(__m512i& acc, __m512i u, __m512i w) {
 #if defined(__GNUC__)
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(w));
@@ -73,8 +73,9 @@ inline void dot_accumulate(__m512i& acc, __m512i u, __m512i w) {
 // rescaled, activated and stored for the first `valid` rows. Not inlined: inside vnni_int8_linear's parallel
 // lambda GCC kept the accumulators on the stack (a load and a store around every product; 0.5x the speed).
 template <int nv>
-__attribute__((noinline)) void block(const uint8_t* au, int64_t depth, const int8_t* const* panels, const __m512i* correction, int64_t valid,
-           const float* rs, const float* cs, const float* bias, int64_t act, float* out, int64_t ldo) {
+__attribute__((noinline)) void block(const uint8_t* au, int64_t depth, const int8_t* const* panels,
+                                     const __m512i* correction, int64_t valid, const float* rs, const float* cs,
+                                     const float* bias, int64_t act, float* out, int64_t ldo) {
   // one named array per column block, indexed only by unrolled loops, so that all 8 * nv stay in registers
   __m512i acc0[kMr], acc1[kMr];
 #pragma GCC unroll 8
