@@ -115,6 +115,9 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "w4a8_g64": ("leanformer", "w4a8 at g64", _ours(W4A8Config(group_size=64), EMB8)),
     "w4a8_unfused": ("leanformer", "w4a8 without the fused feed-forward and residual-norm blocks",
                      _ours(W4A8Config(fuse=False), EMB8)),
+    "w8a8_stock_layers": ("leanformer", "w8a8 with transformers' own BertLayer call path "
+                                        "(set_policy(fast_layers=False))",
+                          _policy(_ours(W8A8Config(), EMB8), fast_layers=False)),
     "w8a8_stock_attention": ("leanformer", "w8a8 with torch's SDPA attention (short_attention=False)",
                              _ours(W8A8Config(short_attention=False), EMB8)),
     "w4g64_stock_attention": ("leanformer", "w4g64 with torch's SDPA attention (short_attention=False)",

@@ -47,6 +47,7 @@ class QuantReport:
     fused: int = 0  # feed-forward blocks whose GELU runs in the first GEMM's kernel (fusion.fuse_feed_forward_)
     fused_norms: int = 0  # output blocks whose residual add + LayerNorm run fused (fusion.fuse_residual_norms_)
     short_attention: bool = False  # the model now runs leanformer's short-sequence attention (attention.py)
+    fast_layers: int = 0  # BERT layers on the shorter call path (fast_layer.py)
 
     @property
     def bytes_before(self) -> int:
@@ -59,7 +60,7 @@ class QuantReport:
     def merge(self, other: "QuantReport") -> "QuantReport":
         return QuantReport(self.layers + other.layers, {**self.skipped, **other.skipped}, self.seconds + other.seconds,
                            self.fused + other.fused, self.fused_norms + other.fused_norms,
-                           self.short_attention or other.short_attention)
+                           self.short_attention or other.short_attention, max(self.fast_layers, other.fast_layers))
 
     def summary(self) -> str:
         by_bits: dict[int, int] = {}
@@ -71,6 +72,7 @@ class QuantReport:
                 + (f"; fused GELU into {self.fused} feed-forward blocks" if self.fused else "")
                 + (f"; fused residual + LayerNorm in {self.fused_norms} blocks" if self.fused_norms else "")
                 + ("; short-sequence attention" if self.short_attention else "")
+                + (f"; {self.fast_layers} BERT layers on the fast call path" if self.fast_layers else "")
                 + (f"; skipped {len(self.skipped)}" if self.skipped else ""))
 
 
@@ -185,6 +187,10 @@ def fuse_for_inference_(model: nn.Module, report: QuantReport, *, fuse: bool, sh
         from .attention import use_short_attention_
 
         report.short_attention = use_short_attention_(model)
+        if report.short_attention:
+            from .fast_layer import use_fast_layers_
+
+            report.fast_layers = len(use_fast_layers_(model))
 
 
 @torch.no_grad()

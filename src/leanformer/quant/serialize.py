@@ -102,6 +102,9 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, *, overwrite:
             "sha256": _sha256(directory / TENSORS), "torch": torch.__version__}
     if getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTENTION_NAME:
         meta["attention"] = ATTENTION_NAME  # config.json does not record it; load_quantized switches it back on
+    fast = [name for name, m in model.named_modules() if type(m).__name__ == "FastBertLayer"]
+    if fast:
+        meta["fast_layers"] = fast  # the class swap of fast_layer.use_fast_layers_, redone at load
     (directory / (META + ".tmp")).write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(directory / (META + ".tmp"), directory / META)
     return directory
@@ -191,6 +194,10 @@ def load_quantized(directory: str | os.PathLike, *, model: nn.Module | None = No
         raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]} ...") from exc
     if meta.get("attention") == ATTENTION_NAME:
         use_short_attention_(model)
+    if meta.get("fast_layers"):
+        from .fast_layer import use_fast_layers_
+
+        use_fast_layers_(model)
     if device is not None:
         model.to(device)
     return model.eval()
