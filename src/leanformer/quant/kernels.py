@@ -84,7 +84,7 @@ class KernelPolicy:
     # in cache instead of to memory, float32 sums (not bf16-rounded ones as oneDNN's bf16 GEMM returns)
     amx_w4: bool = True
     # BERT layers of a model on leanformer's short attention call their children directly (fast_layer.py):
-    # bit-identical, 0.18 ms less Python per MiniLM layer at batch 1
+    # bit-identical, a MiniLM W8A8 forward 1.09x faster at batch 1 (no measurable change at batch 32)
     fast_layers: bool = True
 
 
