@@ -30,6 +30,22 @@ def test_quantize_w4a8(tmp_path, capsys):
     assert '"act_bits": 8' in json.dumps(spec) and '"group_size": 32' in json.dumps(spec)
 
 
+@pytest.mark.parametrize("method, bits, expected", [("w8a8", None, "W8A8Config"), ("mse", None, "WeightOnlyConfig"),
+                                                     ("w4a8", None, "W4A8Config"), ("rtn", 8, "WeightOnlyConfig")])
+def test_bits_default_to_the_methods_own_width(method, bits, expected):
+    import argparse
+
+    from leanformer.cli.quantize import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--method", method, "--out", "x"] + ([] if bits is None else ["--bits", str(bits)]))
+    cfg = build_config(args)
+    assert type(cfg).__name__ == expected
+    if expected == "WeightOnlyConfig":
+        assert cfg.bits == (bits or 4)
+
+
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["quantize", "--method", "w8a8", "--bits", "4", "--out", str(tmp_path / "x")]) == 2
     assert "w8a8 needs --bits 8" in capsys.readouterr().err

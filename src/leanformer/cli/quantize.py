@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "squant / ant: the papers' rounding / numeric types; w8a8: dynamic int8 activations; "
                              "w4a8: mse's 4-bit weights (g32 by default) with dynamic int8 activations, run on the "
                              "int8 kernels")
-    parser.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    parser.add_argument("--bits", type=int, choices=(4, 8), default=None,
+                        help="weight bits (default: 8 for w8a8, else 4)")
     parser.add_argument("--group-size", type=int, default=None,
                         help="weights per scale (32/64/128; 0 = per output channel). Default: 64 for 4 bits "
                              "(32 for w4a8), per channel for 8 bits")
@@ -41,6 +42,8 @@ def build_config(args: argparse.Namespace):
     from leanformer.cli.main import CLIError
     from leanformer.quant import ANTConfig, MixedPrecisionConfig, SQuantConfig, W4A8Config, W8A8Config, WeightOnlyConfig
 
+    if args.bits is None:  # the method's own width: w8a8 is 8-bit by definition
+        args.bits = 8 if args.method == "w8a8" else 4
     gs = args.group_size
     if gs is None:
         gs = (32 if args.method == "w4a8" else 64) if args.bits == 4 else 0
