@@ -88,17 +88,12 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
                                            const torch::Tensor& bias, int64_t activation, bool quantize) {
   Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
   const int64_t rows = io.rows, depth = io.depth, cols = io.cols;
-  const bool has_bias = io.has_bias;
-  auto &out = io.out, &codes = io.codes, &scale = io.scale;
   std::atomic<bool> finite{true};
 #ifdef LEANFORMER_HAVE_AMX
   TORCH_CHECK(request_tiles(), "AMX tiles unavailable: ", amx_int8_status());
-  const int8_t* ap = xq.data_ptr<int8_t>();
-  const int8_t* bp = packed.data_ptr<int8_t>();
-  const float* rp = row_scale.data_ptr<float>();
-  const float* cp = col_scale.data_ptr<float>();
-  const float* biasp = has_bias ? bias.data_ptr<float>() : nullptr;
-  float* op = out.data_ptr<float>();
+  const int8_t *ap = io.a, *bp = io.b;
+  const float *rp = io.row_scale, *cp = io.col_scale, *biasp = io.bias;
+  float* op = io.y;
   const int64_t k_tiles = depth / kDepth, col_blocks = (cols + kBlock - 1) / kBlock;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock, units = row_blocks * col_blocks;
   const int64_t panel = depth * kRows;  // bytes of one packed 16-column block
@@ -127,18 +122,14 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
       block_sums<Dot::kInt8>(a, depth, b0, b0 + panel, k_tiles, pair, acc);
       rescale_block(acc, valid, pair ? 2 : 1, rp + m0, cp + n0, biasp ? biasp + n0 : nullptr, activation,
                     op + m0 * cols + n0, cols);
-      if (quantize && n0 + kBlock >= cols) {  // the row block is complete
-        for (int64_t m = m0; m < m0 + valid; ++m)
-          if (!quantize_row(op + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
-            finite = false;
-      }
+      if (quantize && n0 + kBlock >= cols && !io.quantize_rows(m0, valid)) finite = false;  // the row block is complete
     }
     _tile_release();
   });
 #else
   TORCH_CHECK(false, "amx_int8_linear: ", amx_int8_status());
 #endif
-  return {out, codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite.load(), torch::kBool)};
 }
 
 // x (M, N) float32 contiguous: GELU in place with the AMX and VNNI kernels' epilogue function (for tests)

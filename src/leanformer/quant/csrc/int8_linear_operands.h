@@ -6,11 +6,26 @@
 #include <cstdint>
 
 #include "rescale_operands.h"
+#include "row_quant.h"
 
 struct Int8Linear {
   int64_t rows, depth, cols;
   bool has_bias;
   torch::Tensor out, codes, scale;  // (M, N) float32; (M, N) int8 and (M, 1) float32, or empty without `quantize`
+  // the operands' and the output's data
+  const int8_t *a, *b;
+  const float *row_scale, *col_scale, *bias;  // bias: nullptr without one
+  float* y;
+
+  // rows m0 .. m0 + valid of `out` are final: their codes and scales (quantize_rows' bits); false if a row holds
+  // a NaN or an inf
+  bool quantize_rows(int64_t m0, int64_t valid) const {
+    bool finite = true;
+    for (int64_t m = m0; m < m0 + valid; ++m)
+      if (!quantize_row(y + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
+        finite = false;
+    return finite;
+  }
 };
 
 // xq (M, K) int8 contiguous, row_scale (M, 1), packed (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or
@@ -28,7 +43,14 @@ inline Int8Linear check_int8_linear(const torch::Tensor& xq, const torch::Tensor
   TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
   const int64_t cols = packed.size(0) * kCols;
   const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
-  return {rows, depth, cols, has_bias, torch::empty({rows, cols}, row_scale.options()),
-          torch::empty({quantize ? rows : 0, cols}, xq.options()),
-          torch::empty({quantize ? rows : 0, 1}, row_scale.options())};
+  Int8Linear io{rows, depth, cols, has_bias, torch::empty({rows, cols}, row_scale.options()),
+                torch::empty({quantize ? rows : 0, cols}, xq.options()),
+                torch::empty({quantize ? rows : 0, 1}, row_scale.options())};
+  io.a = xq.data_ptr<int8_t>();
+  io.b = packed.data_ptr<int8_t>();
+  io.row_scale = row_scale.data_ptr<float>();
+  io.col_scale = col_scale.data_ptr<float>();
+  io.bias = has_bias ? bias.data_ptr<float>() : nullptr;
+  io.y = io.out.data_ptr<float>();
+  return io;
 }

@@ -26,7 +26,6 @@
 #include <torch/extension.h>
 
 #include "int8_linear_operands.h"
-#include "row_quant.h"
 
 #include <atomic>
 #include <cstdint>
@@ -142,17 +141,12 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
   Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
   TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
   const int64_t rows = io.rows, depth = io.depth, cols = io.cols;
-  const bool has_bias = io.has_bias;
   const int64_t col_blocks = cols / kCols;
-  auto &out = io.out, &codes = io.codes, &scale = io.scale;
   std::atomic<bool> finite{true};
 #ifdef LEANFORMER_HAVE_VNNI
-  const int8_t* ap = xq.data_ptr<int8_t>();
-  const int8_t* bp = packed.data_ptr<int8_t>();
-  const float* rp = row_scale.data_ptr<float>();
-  const float* cp = col_scale.data_ptr<float>();
-  const float* biasp = has_bias ? bias.data_ptr<float>() : nullptr;
-  float* op = out.data_ptr<float>();
+  const int8_t *ap = io.a, *bp = io.b;
+  const float *rp = io.row_scale, *cp = io.col_scale, *biasp = io.bias;
+  float* op = io.y;
   const int64_t panel = depth * kCols, steps = depth / 4;
   std::vector<__m512i> correction(col_blocks);
   at::parallel_for(0, col_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -186,15 +180,11 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
       float* out_g = op + m0 * cols + n0;
       if (nv == 2) block<2>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
       else block<1>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
-      if (quantize && g == groups - 1) {  // the row block is complete
-        for (int64_t m = m0; m < m0 + valid; ++m)
-          if (!quantize_row(op + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
-            finite = false;
-      }
+      if (quantize && g == groups - 1 && !io.quantize_rows(m0, valid)) finite = false;  // the row block is complete
     }
   });
 #else
   TORCH_CHECK(false, "vnni_int8_linear: ", vnni_int8_status());
 #endif
-  return {out, codes, scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite.load(), torch::kBool)};
 }
