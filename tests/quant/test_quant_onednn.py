@@ -127,7 +127,7 @@ def test_a_correct_but_far_slower_product_is_switched_off(monkeypatch, fresh_che
 
 
 def test_a_few_times_slower_product_stays_on(monkeypatch, fresh_check):
-    # oneDNN's brgemm measured 2.3-3.5x torch._int_mm's time at the probe's small product on Sapphire Rapids
+    # oneDNN's brgemm measured 2.1-3.5x torch._int_mm's time at the probe's small product on Sapphire Rapids
     monkeypatch.setattr(onednn, "_cpu_has_vnni", lambda: True)
     monkeypatch.setattr(onednn, "_probe_matches_int_mm", lambda: True)
     monkeypatch.setattr(onednn, "_slowdown_vs_int_mm", lambda: 3.5)

@@ -74,7 +74,7 @@ def _probe_matches_int_mm() -> bool:
 
 
 # The packed product may be at most this many times slower than torch._int_mm. On Sapphire Rapids, oneDNN's brgemm
-# with its per-call overhead measured 2.3-3.5x at the probe's small product, and a noisy moment once pushed it past an
+# with its per-call overhead measured 2.1-3.5x at the probe's small product, and a noisy moment once pushed it past an
 # earlier limit of 4x (oneDNN switched off in one bench run, on in the next); the reference kernel this catches was
 # 850-2900x slower, so 20x separates the two with room on both sides.
 _SLOWER_LIMIT = 20.0
