@@ -11,12 +11,12 @@ needs_bf16 = pytest.mark.skipif(not fast_bf16_cpu(), reason="packed CPU kernels 
 
 
 @pytest.fixture(autouse=True)
-def _policy():
+def _policy(kernel_policy_restored):
+    # fixed crossovers for these tests; afterwards the CPU's own defaults come back (on AMX they are 24 / 24, and
+    # leaving 96 behind sent a later test's int4 layers to a different kernel)
     set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True,
                share_prepared_inputs=True)
     yield
-    set_policy(int8_rows=32, int4_rows=96, compute_dtype="auto", allow_pack_kernels=True, planar_cache=True,
-               share_prepared_inputs=True)
 
 
 def _module(n, k, **q):
