@@ -133,6 +133,9 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "ant_g64": ("leanformer", "ANT int4 g64 (per tensor type)", _ours(ANTConfig(bits=4, group_size=64), EMB8)),
     "ant_g64_ch": ("leanformer", "ANT int4 g64 (per channel type)",
                    _ours(ANTConfig(bits=4, group_size=64, granularity="channel"), EMB8)),
+    "ant_g64_ch_dequant": ("leanformer", "ant_g64_ch with the AMX int4 codebook kernel off (table lookup to bf16 "
+                           "+ oneDNN GEMM)",
+                           _policy(_ours(ANTConfig(bits=4, group_size=64, granularity="channel"), EMB8), amx_w4=False)),
 }
 
 

@@ -17,7 +17,7 @@ from .amx import TILE_ROWS, amx_int8_available, amx_int8_status, kernel_ops, pro
 from .native import native_ops
 
 __all__ = ["PAIR_DEPTH", "amx_w4_available", "amx_w4_status", "amx_w4_shape_ok", "pack_amx_int4", "amx_w4_linear",
-           "w4_reference"]
+           "amx_w4_codebook_linear", "codebook_tables", "w4_reference"]
 
 PAIR_DEPTH = 32  # K consumed by one bf16 tile product
 _NO_BIAS = torch.empty(0)
@@ -56,6 +56,41 @@ def amx_w4_linear(x_bf16: torch.Tensor, codes: torch.Tensor, zero: torch.Tensor,
     return (out, out_bf16) if bf16_output else out
 
 
+def codebook_tables(codebook: torch.Tensor, n: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A codebook of 4-bit or narrower codes, (C,), (N, C), (N, 1, C) or (N, G, C) with C <= 16 -> the codebook
+    kernel's operands: ``table`` (T, 16) float32, its distinct rows rounded to bf16 (as the reference's
+    ``codebook.to(bfloat16)``) and zero-padded to 16, and ``ids`` (G, N) int32, each column's row per group.
+
+    ANT picks one of a few numeric types per tensor, channel or group, so T is at most the number of types and
+    the table stays in L1 however many columns share it."""
+    c = codebook.shape[-1]
+    if c > 16 or codebook.dim() not in (1, 2, 3):
+        raise ValueError(f"the int4 codebook kernel needs (C,), (N, C) or (N, G, C) tables with C <= 16, "
+                         f"got {tuple(codebook.shape)}")
+    rows = codebook.reshape(-1, c) if codebook.dim() > 1 else codebook.reshape(1, c)
+    rows = torch.nn.functional.pad(rows.to(torch.bfloat16).float(), (0, 16 - c))  # (R, 16)
+    table, inverse = torch.unique(rows, dim=0, return_inverse=True)  # (T, 16), (R,)
+    if codebook.dim() == 1:
+        ids = inverse.expand(groups, n)
+    else:
+        per_column = inverse.view(n, -1)  # (N, Gc) with Gc in {1, G}
+        if per_column.shape[1] not in (1, groups):
+            raise ValueError(f"codebook {tuple(codebook.shape)} has {per_column.shape[1]} groups, the weight {groups}")
+        ids = per_column.expand(n, groups).t()
+    return table.contiguous(), ids.to(torch.int32).contiguous()
+
+
+def amx_w4_codebook_linear(x_bf16: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, ids: torch.Tensor,
+                           scale: torch.Tensor, group_size: int, bias: torch.Tensor | None = None, *,
+                           activation: str | None = None, bf16_output: bool = False):
+    """``amx_w4_linear`` for codebook weights (ANT): w = bf16(table[ids[g, n], q] * scale[g, n]) with the operands
+    of ``codebook_tables`` and (G, N) float32 bf16 scales; the same sums, bound, epilogue and outputs."""
+    ops, act = kernel_ops("amx_w4_codebook_linear", activation)
+    out, out_bf16 = ops.amx_w4_codebook_linear(x_bf16.contiguous(), codes, table, ids, scale, group_size,
+                                               _NO_BIAS if bias is None else bias.contiguous(), act, bf16_output)
+    return (out, out_bf16) if bf16_output else out
+
+
 def w4_reference(x_bf16, w_bf16, bias):
     """The float32 product the int4 kernel computes, F.linear(x, w) on the bf16 values, and its error bound:
     |sum order difference| <= K * 2**-23 * (|x| @ |w|.T) (float32 sums of exact products)."""
@@ -75,6 +110,14 @@ def _probe_w4_within_bound() -> bool:
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
         bias = torch.randn(n, generator=gen)
         got = amx_w4_linear(x, pack_amx_int4(q), z.float().t().contiguous(), s.float().t().contiguous(), gs, bias)
+        ref, bound = w4_reference(x, w, bias)
+        if not bool(((got - ref).abs() <= bound).all()):
+            return False
+        # the codebook variant on the same codes: a different table row per column and group
+        cb = torch.randn(n, k // gs, 16, generator=gen).to(torch.bfloat16)  # (N, G, 16)
+        w = (torch.gather(cb, -1, q.view(n, -1, gs).long()) * s.unsqueeze(-1)).view(n, k)
+        table, ids = codebook_tables(cb, n, k // gs)
+        got = amx_w4_codebook_linear(x, pack_amx_int4(q), table, ids, s.float().t().contiguous(), gs, bias)
         ref, bound = w4_reference(x, w, bias)
         if not bool(((got - ref).abs() <= bound).all()):
             return False

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .amx import activation_code, amx_shape_ok, int8_kernel_available, pack_amx_weight, run_amx_int8
-from .amx_w4 import amx_w4_available, amx_w4_linear, amx_w4_shape_ok, pack_amx_int4
+from .amx_w4 import (amx_w4_available, amx_w4_codebook_linear, amx_w4_linear, amx_w4_shape_ok, codebook_tables,
+                     pack_amx_int4)
 from .cpu_features import cpu_has
 from .native import native_ops
 from .onednn import int8_matmul, onednn_int8_available, pack_int8_weight
@@ -149,8 +150,9 @@ def choose_kernel(mod, rows: int, x: torch.Tensor) -> str:
 
 def _amx_w4_ok(mod) -> bool:
     gs = _group_size(mod)
-    return (mod.bits == 4 and mod.codebook is None and mod.act_bits is None
-            and amx_w4_shape_ok(mod.out_features, mod.in_features, gs))
+    # codebooks (ANT) of up to 16 entries index nibbles whatever their width; linear codes are 4-bit only
+    nibbles = mod.bits <= 4 if mod.codebook is not None else mod.bits == 4
+    return nibbles and mod.act_bits is None and amx_w4_shape_ok(mod.out_features, mod.in_features, gs)
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -231,11 +233,12 @@ def _build_int4pack(mod):
 
 def _amx_w4(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
     gs = _group_size(mod)
-    codes, zero, scale = mod.kernel_cache("amx_w4", lambda: _build_amx_w4(mod))
+    operands = mod.kernel_cache("amx_w4", lambda: _build_amx_w4(mod))
     xb = _shared_cast(x2, torch.bfloat16)
     bias = None if bias is None else bias.float()
     prepare_output = prepare_output and out_dtype == torch.float32 and _may_share(x2)
-    y = amx_w4_linear(xb, codes, zero, scale, gs, bias, activation=activation, bf16_output=prepare_output)
+    product = amx_w4_codebook_linear if mod.codebook is not None else amx_w4_linear
+    y = product(xb, *operands, gs, bias, activation=activation, bf16_output=prepare_output)
     if prepare_output:  # the next weight-only layer reading y finds its bf16 copy ready (prepare_shared)
         y, y_bf16 = y
         offer_shared(_CAST_BF16, y, y_bf16)
@@ -243,16 +246,20 @@ def _amx_w4(mod, x2, bias, out_dtype, activation=None, prepare_output=False):
 
 
 def _build_amx_w4(mod):
-    """Tile-ordered codes and (G, N) float32 tables of the bf16 zero points and scales the reference uses."""
+    """Tile-ordered codes and (G, N) float32 tables of the bf16 zero points (or, for a codebook, its table and
+    each column's row per group) and the scales the reference uses."""
     from .packing import NIBBLE_OFFSET
 
     groups = mod.scale.shape[1]
+    scale = mod.scale.to(torch.bfloat16).float().t().contiguous()
+    if mod.codebook is not None:  # codes are unsigned indices, stored as they are
+        table, ids = codebook_tables(mod.codebook, mod.out_features, groups)
+        return pack_amx_int4(mod.raw_nibbles()), table, ids, scale
     if mod.zero is not None:
         zero = mod.zero.to(torch.bfloat16).float().t()
     else:  # signed codes are stored with an offset of 8 (raw nibbles), which the reference subtracts
         zero = torch.full((groups, mod.out_features), float(NIBBLE_OFFSET if mod.signed else 0))
-    scale = mod.scale.to(torch.bfloat16).float().t()
-    return pack_amx_int4(mod.raw_nibbles()), zero.contiguous(), scale.contiguous()
+    return pack_amx_int4(mod.raw_nibbles()), zero.contiguous(), scale
 
 
 def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

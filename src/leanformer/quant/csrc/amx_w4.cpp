@@ -40,42 +40,112 @@ constexpr int64_t kCodeTile = kRows * kRows;       // code bytes per 16-column x
 constexpr int64_t kWeightTile = kRows * kRows * 2;  // bf16 values per unpacked tile
 
 #ifdef LEANFORMER_HAVE_AMX_BF16
-// One 16-column block of codes (K/32 tiles) -> bf16 B tiles, w = bf16(bf16(q - z) * s); zero / scale point at
-// this block's 16 columns of group 0, `ld` floats apart per group.
-void unpack_block(const uint8_t* codes, const float* zero, const float* scale, int64_t ld, int64_t k_tiles,
-                  int64_t tiles_per_group, uint16_t* out) {
-  const __m512i low = _mm512_set1_epi32(0xF);
-  // lane 2j + t of a tile row is column j: spread each column's zero point / scale over its two lanes
-  const __m512i spread_lo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-  const __m512i spread_hi = _mm512_add_epi32(spread_lo, _mm512_set1_epi32(8));
+// lane 2j + t of a tile row is column j: these spread a per-column vector of 16 (columns 0-7, then 8-15) over
+// the two lanes of each column
+inline __m512i spread_lo() { return _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0); }
+inline __m512i spread_hi() { return _mm512_add_epi32(spread_lo(), _mm512_set1_epi32(8)); }
+
+// One 16-byte tile row of codes -> its 32 nibbles as int32 in lane order: q0 holds columns 0-7 (lanes 2j, 2j + 1
+// are column j's low and high nibble), q1 columns 8-15
+inline void tile_row_nibbles(const uint8_t* row, __m512i& q0, __m512i& q1) {
+  const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+  const __m512i lo = _mm512_and_si512(bytes, _mm512_set1_epi32(0xF)), hi = _mm512_srli_epi32(bytes, 4);
+  q0 = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0), hi);
+  q1 = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8),
+                                 hi);
+}
+
+// One 16-column block of codes (K/32 tiles) -> bf16 B tiles, w = bf16(v * s) with v = decode(q) bf16-exact and s
+// the column's scale; scale points at this block's 16 columns of group 0, `ld` floats apart per group.
+// group_decoder(g) returns the decoder for scale group g: decode(q0, q1, d0, d1) turns the nibbles of
+// tile_row_nibbles into their values, in the same lanes.
+template <typename GroupDecoder>
+inline void unpack_tiles(const uint8_t* codes, const float* scale, int64_t ld, int64_t k_tiles,
+                         int64_t tiles_per_group, uint16_t* out, const GroupDecoder& group_decoder) {
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
     const int64_t g = kt / tiles_per_group;
-    const __m512 z = _mm512_loadu_ps(zero + g * ld), s = _mm512_loadu_ps(scale + g * ld);
-    const __m512 z0 = _mm512_permutexvar_ps(spread_lo, z), z1 = _mm512_permutexvar_ps(spread_hi, z);
-    const __m512 s0 = _mm512_permutexvar_ps(spread_lo, s), s1 = _mm512_permutexvar_ps(spread_hi, s);
+    const __m512 s = _mm512_loadu_ps(scale + g * ld);
+    const __m512 s0 = _mm512_permutexvar_ps(spread_lo(), s), s1 = _mm512_permutexvar_ps(spread_hi(), s);
+    const auto decode = group_decoder(g);
     const uint8_t* tile = codes + kt * kCodeTile;
     uint16_t* dst = out + kt * kWeightTile;
     for (int64_t r = 0; r < kRows; ++r) {
-      // 16 bytes -> 32 nibbles in lane order (j0 lo, j0 hi, j1 lo, ...): byte j's nibbles go to lanes 2j, 2j + 1
-      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tile + r * kRows)));
-      const __m512i lo = _mm512_and_si512(bytes, low), hi = _mm512_srli_epi32(bytes, 4);
-      // columns 0-7 interleaved (lanes 0-15) and 8-15 (lanes 16-31)
-      const __m512i q0 = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
-                                                                        17, 1, 16, 0), hi);
-      const __m512i q1 = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26,
-                                                                        10, 25, 9, 24, 8), hi);
-      // bf16(q - z): round to bf16 and back, then times s, rounded again by the final conversion
-      const __m512bh d = _mm512_cvtne2ps_pbh(_mm512_sub_ps(_mm512_cvtepi32_ps(q1), z1),
-                                             _mm512_sub_ps(_mm512_cvtepi32_ps(q0), z0));
-      const __m512i di = reinterpret_cast<const __m512i&>(d);
-      const __m512 d0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(di)), 16));
-      const __m512 d1 = _mm512_castsi512_ps(
-          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(di, 1)), 16));
+      __m512i q0, q1;
+      __m512 d0, d1;
+      tile_row_nibbles(tile + r * kRows, q0, q1);
+      decode(q0, q1, d0, d1);
+      // times s, rounded to bf16 by the final conversion (exact products: both factors are bf16 values)
       const __m512bh w = _mm512_cvtne2ps_pbh(_mm512_mul_ps(d1, s1), _mm512_mul_ps(d0, s0));
       _mm512_storeu_si512(dst + r * 2 * kRows, reinterpret_cast<const __m512i&>(w));
     }
   }
 }
+
+// Linear codes: v = bf16(q - z), z the column's bf16 zero point (`ld` floats apart per group, as the scale)
+void unpack_block(const uint8_t* codes, const float* zero, const float* scale, int64_t ld, int64_t k_tiles,
+                  int64_t tiles_per_group, uint16_t* out) {
+  unpack_tiles(codes, scale, ld, k_tiles, tiles_per_group, out, [&](int64_t g) {
+    const __m512 z = _mm512_loadu_ps(zero + g * ld);
+    const __m512 z0 = _mm512_permutexvar_ps(spread_lo(), z), z1 = _mm512_permutexvar_ps(spread_hi(), z);
+    return [z0, z1](__m512i q0, __m512i q1, __m512& d0, __m512& d1) {
+      // bf16(q - z): round to bf16 and back
+      const __m512bh d = _mm512_cvtne2ps_pbh(_mm512_sub_ps(_mm512_cvtepi32_ps(q1), z1),
+                                             _mm512_sub_ps(_mm512_cvtepi32_ps(q0), z0));
+      const __m512i di = reinterpret_cast<const __m512i&>(d);
+      d0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(di)), 16));
+      d1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(di, 1)), 16));
+    };
+  });
+}
+
+// Codebook codes (ANT and other non-uniform 4-bit types): v = table[id][q]. `table` holds `table_rows` rows of 16
+// bf16-exact floats, `ids` (int32, `ld` apart per group) picks each column's row for each scale group.
+// Up to kPermuteRows rows (ANT has one per numeric type: 3 by default) stay in registers and each row is one lane
+// permute, masked to the columns that use it; larger tables take one gather per 16 values (measured on MiniLM's
+// shapes, Sapphire Rapids: the gather made unpacking ~1.35x the linear codes' time at 10 rows).
+constexpr int64_t kPermuteRows = 4;
+
+void unpack_block_codebook(const uint8_t* codes, const float* table, int64_t table_rows, const int32_t* ids,
+                           const float* scale, int64_t ld, int64_t k_tiles, int64_t tiles_per_group, uint16_t* out) {
+  if (table_rows > kPermuteRows) {
+    unpack_tiles(codes, scale, ld, k_tiles, tiles_per_group, out, [&](int64_t g) {
+      const __m512i row = _mm512_slli_epi32(_mm512_loadu_si512(ids + g * ld), 4);  // table row * 16, per column
+      const __m512i row0 = _mm512_permutexvar_epi32(spread_lo(), row);
+      const __m512i row1 = _mm512_permutexvar_epi32(spread_hi(), row);
+      return [row0, row1, table](__m512i q0, __m512i q1, __m512& d0, __m512& d1) {
+        d0 = _mm512_i32gather_ps(_mm512_add_epi32(row0, q0), table, 4);
+        d1 = _mm512_i32gather_ps(_mm512_add_epi32(row1, q1), table, 4);
+      };
+    });
+    return;
+  }
+  __m512 rows[kPermuteRows];
+  for (int64_t t = 0; t < kPermuteRows; ++t) rows[t] = _mm512_loadu_ps(table + 16 * std::min(t, table_rows - 1));
+  unpack_tiles(codes, scale, ld, k_tiles, tiles_per_group, out, [&](int64_t g) {
+    const __m512i id = _mm512_loadu_si512(ids + g * ld);
+    const __m512i id0 = _mm512_permutexvar_epi32(spread_lo(), id), id1 = _mm512_permutexvar_epi32(spread_hi(), id);
+    __mmask16 use0[kPermuteRows], use1[kPermuteRows];  // lanes whose column reads row t
+    for (int64_t t = 0; t < kPermuteRows; ++t) {
+      use0[t] = _mm512_cmpeq_epi32_mask(id0, _mm512_set1_epi32(static_cast<int>(t)));
+      use1[t] = _mm512_cmpeq_epi32_mask(id1, _mm512_set1_epi32(static_cast<int>(t)));
+    }
+    return [&rows, use0, use1, table_rows](__m512i q0, __m512i q1, __m512& d0, __m512& d1) {
+      d0 = _mm512_permutexvar_ps(q0, rows[0]);
+      d1 = _mm512_permutexvar_ps(q1, rows[0]);
+      for (int64_t t = 1; t < table_rows; ++t) {
+        d0 = _mm512_mask_permutexvar_ps(d0, use0[t], q0, rows[t]);
+        d1 = _mm512_mask_permutexvar_ps(d1, use1[t], q1, rows[t]);
+      }
+    };
+  });
+}
+#else
+// never called: w4_linear raises first in builds without AMX-BF16
+void unpack_block(const uint8_t*, const float*, const float*, int64_t, int64_t, int64_t, uint16_t*) {}
+void unpack_block_codebook(const uint8_t*, const float*, int64_t, const int32_t*, const float*, int64_t, int64_t,
+                           int64_t, uint16_t*) {}
+#endif
+#ifdef LEANFORMER_HAVE_AMX_BF16
 
 // float(bits) -> bf16 bits, round to nearest even, NaN -> the quiet NaN torch's conversion gives: the same bits as
 // tensor.to(torch.bfloat16), denormals included
@@ -100,14 +170,16 @@ void epilogue_store(const float* acc, int64_t rows, int halves, const float* bia
     }
 }
 #endif
-}  // namespace
 
-// x (M, K) bfloat16 contiguous, codes (N/16, K/32, 16, 16) uint8, zero / scale (G, N) float32, group_size,
-// bias (N,) float32 or empty, activation (0 none, 1 GELU), bf16_out ->
-//   {out (M, N) float32, and when bf16_out: out.to(bfloat16), written from the same registers}
-std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
-                                         const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
-                                         int64_t activation, bool bf16_out) {
+// The sizes of one int4 x bf16 call: M, K, N and the number of scale groups
+struct W4Shape {
+  int64_t rows, depth, cols, groups;
+};
+
+// The operand checks both variants share
+
+W4Shape check_w4_operands(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
+                          int64_t group_size, int64_t activation) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() == 2 && x.is_contiguous(),
               "x: contiguous (M, K) bfloat16 on CPU");
   const int64_t rows = x.size(0), depth = x.size(1);
@@ -118,29 +190,36 @@ std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Te
   TORCH_CHECK(group_size > 0 && group_size % kPairDepth == 0 && depth % group_size == 0,
               "group_size: a multiple of 32 dividing K");
   const int64_t groups = depth / group_size;
-  for (const auto* t : {&zero, &scale})
-    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 2 && t->size(0) == groups && t->size(1) == cols &&
-                    t->is_contiguous(), "zero / scale: (G, N) float32");
-  const bool has_bias = check_bias(cols, bias);
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.dim() == 2 && scale.size(0) == groups &&
+                  scale.size(1) == cols && scale.is_contiguous(), "scale: (G, N) float32");
   TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
+  return {rows, depth, cols, groups};
+}
+
+// The product both variants share. unpack(block_codes, n0, ld, k_tiles, tiles_per_group, dst) writes the bf16 B
+// tiles of the 16-column block starting at column n0, whose codes start at block_codes, to dst.
+template <typename Unpack>
+std::vector<torch::Tensor> w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
+                                     int64_t group_size, const W4Shape& shape, const torch::Tensor& bias,
+                                     int64_t activation, bool bf16_out, const Unpack& unpack_columns) {
+  const int64_t rows = shape.rows, depth = shape.depth, cols = shape.cols;
+  const bool has_bias = check_bias(cols, bias);
   auto out = torch::empty({rows, cols}, scale.options());
   auto out_bf16 = torch::empty({bf16_out ? rows : 0, cols}, x.options());
 #ifdef LEANFORMER_HAVE_AMX_BF16
   TORCH_CHECK(request_tiles(), "AMX tiles unavailable (arch_prctl XCOMP_PERM refused)");
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  const float* zp = zero.data_ptr<float>();
-  const float* sp = scale.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   auto* obp = bf16_out ? reinterpret_cast<uint16_t*>(out_bf16.data_ptr()) : nullptr;
-  const int64_t k_tiles = depth / kPairDepth, tiles_per_group = group_size / kPairDepth;
+  const int64_t k_tiles = depth / kPairDepth;
   const int64_t col_blocks16 = cols / kRows, row_blocks = (rows + kBlock - 1) / kBlock;
   const int64_t panels = (col_blocks16 + kPanelBlocks - 1) / kPanelBlocks;
   const int64_t block_values = k_tiles * kWeightTile;  // bf16 values of one unpacked 16-column block
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const int64_t tiles_per_group = group_size / kPairDepth;
   const auto unpack = [&](int64_t block, uint16_t* dst) {
-    const int64_t n0 = block * kRows;
-    unpack_block(cp + block * k_tiles * kCodeTile, zp + n0, sp + n0, cols, k_tiles, tiles_per_group, dst);
+    unpack_columns(cp + block * k_tiles * kCodeTile, block * kRows, cols, k_tiles, tiles_per_group, dst);
   };
   // row blocks [rb_begin, rb_end) against the `count` unpacked 16-column blocks from block `first`, at `weights`
   const auto run_rows = [&](const uint16_t* weights, int64_t first, int64_t count, int64_t rb_begin, int64_t rb_end,
@@ -203,6 +282,52 @@ std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Te
   TORCH_CHECK(false, "amx_w4_linear: built without AMX-BF16 (this CPU or compiler has none)");
 #endif
   return {out, out_bf16};
+}
+}  // namespace
+
+// x (M, K) bfloat16 contiguous, codes (N/16, K/32, 16, 16) uint8, zero / scale (G, N) float32, group_size,
+// bias (N,) float32 or empty, activation (0 none, 1 GELU), bf16_out ->
+//   {out (M, N) float32, and when bf16_out: out.to(bfloat16), written from the same registers}
+std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
+                                         const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
+                                         int64_t activation, bool bf16_out) {
+  const W4Shape shape = check_w4_operands(x, codes, scale, group_size, activation);
+  TORCH_CHECK(zero.scalar_type() == torch::kFloat32 && zero.sizes() == scale.sizes() && zero.is_contiguous(),
+              "zero: (G, N) float32");
+  const float* zp = zero.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  return w4_linear(x, codes, scale, group_size, shape, bias, activation, bf16_out,
+                   [&](const uint8_t* block_codes, int64_t n0, int64_t ld, int64_t k_tiles, int64_t tiles_per_group,
+                       uint16_t* dst) {
+                     unpack_block(block_codes, zp + n0, sp + n0, ld, k_tiles, tiles_per_group, dst);
+                   });
+}
+
+// The same product for codebook weights, w = bf16(table[ids[g, n]][q] * scale[g, n]): table (T, 16) float32 of
+// bf16-exact values, ids (G, N) int32 in [0, T), scale (G, N) float32 of bf16 values; other operands as above
+std::vector<torch::Tensor> amx_w4_codebook_linear(const torch::Tensor& x, const torch::Tensor& codes,
+                                                  const torch::Tensor& table, const torch::Tensor& ids,
+                                                  const torch::Tensor& scale, int64_t group_size,
+                                                  const torch::Tensor& bias, int64_t activation, bool bf16_out) {
+  const W4Shape shape = check_w4_operands(x, codes, scale, group_size, activation);
+  TORCH_CHECK(table.scalar_type() == torch::kFloat32 && table.dim() == 2 && table.size(0) > 0 &&
+                  table.size(1) == 16 && table.is_contiguous(), "table: (T, 16) float32");
+  TORCH_CHECK(ids.scalar_type() == torch::kInt32 && ids.sizes() == scale.sizes() && ids.is_contiguous(),
+              "ids: (G, N) int32");
+  const int32_t* ip = ids.data_ptr<int32_t>();
+  const int64_t rows_in_table = table.size(0);
+  // an id outside the table would read other memory: checked on every call (G * N ints, far below the product)
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    TORCH_CHECK(ip[i] >= 0 && ip[i] < rows_in_table, "ids: values in [0, T), found ", ip[i], " with T = ",
+                rows_in_table);
+  const float* tp = table.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  return w4_linear(x, codes, scale, group_size, shape, bias, activation, bf16_out,
+                   [&](const uint8_t* block_codes, int64_t n0, int64_t ld, int64_t k_tiles, int64_t tiles_per_group,
+                       uint16_t* dst) {
+                     unpack_block_codebook(block_codes, tp, rows_in_table, ip + n0, sp + n0, ld, k_tiles, tiles_per_group,
+                                           dst);
+                   });
 }
 
 bool amx_w4_ready() {

@@ -24,6 +24,10 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
 std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
                                          const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,
                                          int64_t activation, bool bf16_out);
+std::vector<torch::Tensor> amx_w4_codebook_linear(const torch::Tensor& x, const torch::Tensor& codes,
+                                                  const torch::Tensor& table, const torch::Tensor& ids,
+                                                  const torch::Tensor& scale, int64_t group_size,
+                                                  const torch::Tensor& bias, int64_t activation, bool bf16_out);
 bool amx_w4_ready();
 // short_attention.cpp
 torch::Tensor short_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

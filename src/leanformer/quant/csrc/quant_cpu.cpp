@@ -254,6 +254,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vnni_w4a8_linear", &vnni_w4a8_linear, "int8 x int4 (unpacked to int8 per call) on AVX512-VNNI, as vnni_int8_linear");
   m.def("amx_gelu_", &amx_gelu_, "the AMX kernel's GELU epilogue, in place (for tests)");
   m.def("amx_w4_linear", &amx_w4_linear, "bf16 x int4 (unpacked in cache) on AMX tiles, float32 sums + bias, GELU, bf16 copy");
+  m.def("amx_w4_codebook_linear", &amx_w4_codebook_linear, "the same for 4-bit codebook weights (ANT), one table row per column and group");
   m.def("amx_w4_ready", &amx_w4_ready, "True when the AMX int4 kernel can run in this process");
   m.def("short_attention", &short_attention, "softmax(q k^T * scale + mask) v per head, for short sequences");
   m.def("residual_layer_norm", &residual_layer_norm, "LayerNorm(x + residual), quantize the result per row (fused)");
