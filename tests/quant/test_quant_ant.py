@@ -120,3 +120,52 @@ def test_bf16_weight_equals_its_fp32_copy():
     a = ant_quantize(weight, bits=4, group_size=16)
     b = ant_quantize(weight.float(), bits=4, group_size=16)
     assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale) and a.format == b.format
+
+
+needs_native = pytest.mark.skipif(__import__("leanformer.quant.native", fromlist=["x"]).native_ops() is None,
+                                  reason="native kernels unavailable")
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["int", "flint", "pot", "float"])
+@pytest.mark.parametrize("bits, gs", [(3, 7), (4, 64), (4, 1), (8, 13)])
+def test_native_event_pass_is_the_eager_one_bit_for_bit(kind, bits, gs):
+    from leanformer.quant import ant
+    from leanformer.quant.native import native_ops
+
+    gen = torch.Generator().manual_seed(bits * 100 + gs)
+    w = torch.randn(30, gs, generator=gen) ** 3
+    w[4] = 0  # an all-zero row
+    w[5, 0] = -w[5].abs().max() * 2  # a row whose absmax is negative
+    rows, grid = ant._Rows(w), ant.ant_grid(kind, bits)
+    r = (float(grid.max()) * rows.ratio).float()
+    sides = ant._side_tables(grid)
+    (t_pos, v_pos), (t_neg, v_neg) = sides
+    lo, hi = ant.SEARCH
+    eager = ant._alpha_events(r, rows.u, rows.neg, sides, rows.rows, gs, lo, hi)
+    native = native_ops().ant_alpha_events(r, rows.u, rows.neg, t_pos, v_pos, t_neg, v_neg, gs, lo, hi)
+    assert eager[1].abs().sum() > 0 or kind == "int" and bits == 8  # thresholds are really crossed
+    for a, b in zip(eager, native):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@needs_native
+@pytest.mark.parametrize("gran", ["tensor", "channel", "group"])
+def test_search_and_codes_do_not_depend_on_the_native_ops(gran, kernel_policy_restored, monkeypatch):
+    from leanformer.quant import ant, set_policy
+
+    eager_calls = []
+    real = ant._alpha_events
+    monkeypatch.setattr(ant, "_alpha_events", lambda *a: eager_calls.append(1) or real(*a))
+    w = torch.randn(96, 128)
+    w[::3] = torch.rand(32, 128) - 0.5  # uniform rows next to Gaussian and heavy-tailed ones: mixed types
+    w[1::3] **= 3
+    fast = ant_quantize(w, bits=4, group_size=32, granularity=gran)
+    assert not eager_calls
+    set_policy(native=False)
+    slow = ant_quantize(w, bits=4, group_size=32, granularity=gran)
+    assert eager_calls
+    assert torch.equal(fast.codes, slow.codes) and torch.equal(fast.scale, slow.scale)
+    assert torch.equal(fast.codebook, slow.codebook)
+    if gran != "tensor":
+        assert fast.codebook.dim() > 1  # the mixed-type branch ran

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from .flint import flint_table
+from .kernels import native_ops_for
 from .qweight import QuantizedWeight
 from .rtn import check_weight
 
@@ -144,23 +145,54 @@ def _sse_all_alphas(rows: _Rows, grid: torch.Tensor, lo: int, hi: int) -> torch.
     hi-1 are events, binned by their last a with one histogram per row, then suffix-summed.
     The per-bucket value at a is the sum over buckets >= a - lo + 1 (bucket 0 = never in range).
     """
-    r_rows, gs, u, m, neg = rows.rows, rows.gs, rows.u, rows.m, rows.neg
+    r_rows, gs, u, m = rows.rows, rows.gs, rows.u, rows.m
     device = u.device
     steps = hi - lo
     top = float(grid.max())
     r = (top * rows.ratio).float()  # (E,); fp32 is exact enough to bin by
     sides = [tuple(x.to(device) for x in tab) for tab in _side_tables(grid)]
-    b_hi = _count_passed(r, neg, sides, hi - 1)  # thresholds passed at a = hi-1 (for every a in range)
-    b_lo = _count_passed(r, neg, sides, lo)  # ... and at a = lo (>= b_hi)
-    # Both sides' tables padded to one length L and stacked, so a lookup is one gather at side*L + j.
+    ops = native_ops_for(u)
+    if ops is not None:  # one sweep over the elements (csrc/ant_search.cpp), bit-identical to the eager pass
+        (t_pos, v_pos), (t_neg, v_neg) = sides
+        b_hi, hist1, hist2 = ops.ant_alpha_events(r, u, rows.neg, t_pos, v_pos, t_neg, v_neg, gs, lo, hi)
+    else:
+        b_hi, hist1, hist2 = _alpha_events(r, u, rows.neg, sides, r_rows, gs, lo, hi)
+    thr, val, length = _stacked_tables(sides)
+    v_hi = torch.take(val, rows.neg.long() * length + b_hi)  # (E,) magnitude at a = hi-1
+    row_sum = lambda e: e.view(r_rows, gs).sum(-1)  # noqa: E731  (E,) -> (R,)
+    base1, base2 = row_sum(u * v_hi), row_sum(v_hi * v_hi)
+
+    def suffix(hist: torch.Tensor) -> torch.Tensor:  # (R, steps): sum over buckets a - lo + 1 .. steps
+        hist = hist.view(r_rows, steps + 1)
+        return hist.sum(1, keepdim=True) - hist.cumsum(1)[:, :-1]  # total minus prefix: cheaper than flips
+
+    alpha_frac = torch.arange(lo, hi, device=device, dtype=torch.float64) * 0.01  # (steps,)
+    s = m[:, None] * alpha_frac / top  # (R, steps) scale at each alpha
+    sq = rows.sq
+    s1 = base1[:, None] + suffix(hist1)
+    s2 = base2[:, None] + suffix(hist2)
+    return (sq - 2 * s * s1 + s * s * s2).clamp_min_(0)
+
+
+def _stacked_tables(sides):
+    """Both sides' thresholds and magnitudes padded to one length L and stacked (2L,), so that a lookup is one
+    gather at side * L + j; returns (thresholds, magnitudes, L)."""
     length = max(len(sides[0][1]), len(sides[1][1]))
     pad = lambda x, fill: torch.cat([x, x.new_full((length - len(x),), fill)])  # noqa: E731
     thr = torch.cat([pad(sides[0][0], float("inf")), pad(sides[1][0], float("inf"))])  # (2L,), L-1 used per side
     val = torch.cat([pad(sides[0][1], float(sides[0][1][-1])), pad(sides[1][1], float(sides[1][1][-1]))])
+    return thr, val, length
+
+
+def _alpha_events(r, u, neg, sides, r_rows: int, gs: int, lo: int, hi: int):
+    """The eager event pass (the reference for ``csrc/ant_search.cpp``): thresholds passed at a = hi-1 per element
+    (E,) long, and per row and bucket the sums of u * dv_j and d(v^2)_j over the thresholds crossed inside."""
+    device = u.device
+    steps = hi - lo
+    b_hi = _count_passed(r, neg, sides, hi - 1)  # thresholds passed at a = hi-1 (for every a in range)
+    b_lo = _count_passed(r, neg, sides, lo)  # ... and at a = lo (>= b_hi)
+    thr, val, length = _stacked_tables(sides)
     base = neg.long() * length  # (E,) offset of each element's side
-    v_hi = torch.take(val, base + b_hi)  # (E,) magnitude at a = hi-1
-    row_sum = lambda e: e.view(r_rows, gs).sum(-1)  # noqa: E731  (E,) -> (R,)
-    base1, base2 = row_sum(u * v_hi), row_sum(v_hi * v_hi)
     # Events: element e crosses thresholds b_hi[e] .. b_lo[e]-1 inside the range; expand them all at once.
     span = b_lo - b_hi  # (E,)
     elem = torch.repeat_interleave(torch.arange(span.numel(), device=device), span)  # (S,)
@@ -174,17 +206,7 @@ def _sse_all_alphas(rows: _Rows, grid: torch.Tensor, lo: int, hi: int) -> torch.
     zeros = lambda: torch.zeros(size, dtype=torch.float64, device=device)  # noqa: E731
     hist1 = zeros().index_add_(0, bucket, torch.take(u, elem) * (v_up - v_lo))  # d(u * v) per (row, bucket)
     hist2 = zeros().index_add_(0, bucket, v_up * v_up - v_lo * v_lo)  # d(v^2) per (row, bucket)
-
-    def suffix(hist: torch.Tensor) -> torch.Tensor:  # (R, steps): sum over buckets a - lo + 1 .. steps
-        hist = hist.view(r_rows, steps + 1)
-        return hist.sum(1, keepdim=True) - hist.cumsum(1)[:, :-1]  # total minus prefix: cheaper than flips
-
-    alpha_frac = torch.arange(lo, hi, device=device, dtype=torch.float64) * 0.01  # (steps,)
-    s = m[:, None] * alpha_frac / top  # (R, steps) scale at each alpha
-    sq = rows.sq
-    s1 = base1[:, None] + suffix(hist1)
-    s2 = base2[:, None] + suffix(hist2)
-    return (sq - 2 * s * s1 + s * s * s2).clamp_min_(0)
+    return b_hi, hist1, hist2
 
 
 @dataclass
@@ -278,8 +300,11 @@ def ant_quantize(weight: torch.Tensor, *, bits: int, group_size: int | None = No
     used = torch.unique(choice.choice).tolist()
     if len(used) == 1:
         codes = _nearest_index(y, grids[used[0]])
-    else:  # each type's codes for the whole tensor, kept where that type was chosen (masks, no indexing)
-        codes = sum(_nearest_index(y, grids[t]) * (choice.choice == t).unsqueeze(-1) for t in used)
+    else:  # each type codes only the rows / groups that chose it (one rounding pass in all, not one per type)
+        codes = torch.empty(y.shape, dtype=torch.int64, device=y.device)
+        for t in used:
+            mask = choice.choice == t  # (N, G)
+            codes[mask] = _nearest_index(y[mask], grids[t])  # (count, gs)
     codes = codes.to(torch.uint8)
     if len(used) == 1:
         codebook, fmt = grids[used[0]].float(), choice.types[used[0]]

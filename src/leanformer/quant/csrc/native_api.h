@@ -52,3 +52,8 @@ std::vector<torch::Tensor> vnni_w4a8_linear(const torch::Tensor& xq, const torch
                                             const torch::Tensor& scale, const torch::Tensor& inv, int64_t group_size,
                                             const torch::Tensor& col_scale, const torch::Tensor& bias,
                                             int64_t activation, bool quantize);
+// ant_search.cpp
+std::vector<torch::Tensor> ant_alpha_events(const torch::Tensor& r, const torch::Tensor& u, const torch::Tensor& neg,
+                                            const torch::Tensor& t_pos, const torch::Tensor& v_pos,
+                                            const torch::Tensor& t_neg, const torch::Tensor& v_neg, int64_t gs,
+                                            int64_t lo, int64_t hi);

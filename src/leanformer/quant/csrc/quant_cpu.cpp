@@ -260,5 +260,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_layer_norm", &residual_layer_norm, "LayerNorm(x + residual), quantize the result per row (fused)");
   m.def("unpack_w4a8", &unpack_w4a8, "int4 group codes -> the AMX int8 weight layout on a per-channel int8 grid");
   m.def("amx_w4a8_linear", &amx_w4a8_linear, "int8 x int4 (unpacked to int8 per call) on AMX tiles, as amx_int8_linear");
+  m.def("ant_alpha_events", &ant_alpha_events, "ANT search: thresholds passed and crossing histograms, one sweep");
   m.def("embedding_rows", &embedding_rows, "rows of an 8-bit embedding table, dequantized as they are gathered");
 }
