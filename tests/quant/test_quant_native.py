@@ -123,3 +123,46 @@ def test_weight_only_forward_is_bit_identical_with_and_without_native(ops):
     assert torch.equal(fast, slow)
     y = torch.randn(7, 96).to(torch.bfloat16)
     assert torch.equal(ops.bf16_to_float_add(y, mod.bias), y.float().add_(mod.bias))
+
+
+def _ant_module(k, n, gs, granularity, bits=4):
+    from leanformer.quant.ant import ant_quantize
+
+    torch.manual_seed(k + n)
+    lin = torch.nn.Linear(k, n)
+    with torch.no_grad():  # uniform, Gaussian and heavy-tailed rows: ANT mixes its types
+        lin.weight[::3] = torch.rand_like(lin.weight[::3]) - 0.5
+        lin.weight[1::3] **= 3
+    return QuantizedLinear.from_float(lin, ant_quantize(lin.weight, bits=bits, group_size=gs, granularity=granularity))
+
+
+@pytest.mark.parametrize("k, gs, granularity, bits", [(128, 32, "tensor", 4), (128, 64, "channel", 4),
+                                                      (128, 16, "group", 4), (96, None, "channel", 3),
+                                                      (128, 32, "group", 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_codebook_dequant_is_bit_identical(ops, k, gs, granularity, bits, dtype):
+    mod = _ant_module(k, 48, gs, granularity, bits)
+    fast = mod.dequantized_weight(dtype)
+    assert ("codebook_rows", dtype) in mod._cache  # the native pass ran
+    set_policy(native=False)
+    mod._cache.clear()
+    slow = mod.dequantized_weight(dtype)
+    assert fast.dtype == dtype and torch.equal(fast, slow)
+
+
+def test_codebook_dequant_keeps_the_eager_path_where_it_does_not_apply(ops):
+    odd = _ant_module(13, 16, None, "channel")  # one group of 13 codes: no group-planar layout
+    odd.dequantized_weight(torch.float32)
+    assert not any(isinstance(key, tuple) and key[0] == "codebook_rows" for key in odd._cache)
+    eight = _ant_module(64, 16, 32, "tensor", bits=8)  # 256-entry table
+    eight.dequantized_weight(torch.float32)
+    assert not any(isinstance(key, tuple) and key[0] == "codebook_rows" for key in eight._cache)
+
+
+def test_codebook_dequant_rejects_bad_ids(ops):
+    planar = torch.zeros(2, 1, 16, dtype=torch.uint8)
+    table, scale = torch.zeros(3, 16), torch.ones(2, 1)
+    with pytest.raises(RuntimeError, match=r"ids: values in \[0, T\)"):
+        ops.dequant_codebook_planar(planar, table, torch.tensor([[0], [3]], dtype=torch.int32), scale, False)
+    with pytest.raises(RuntimeError, match="table"):
+        ops.dequant_codebook_planar(planar, torch.zeros(3, 8), torch.zeros(2, 1, dtype=torch.int32), scale, False)

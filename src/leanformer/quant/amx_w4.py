@@ -56,10 +56,11 @@ def amx_w4_linear(x_bf16: torch.Tensor, codes: torch.Tensor, zero: torch.Tensor,
     return (out, out_bf16) if bf16_output else out
 
 
-def codebook_tables(codebook: torch.Tensor, n: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def codebook_tables(codebook: torch.Tensor, n: int, groups: int,
+                    dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
     """A codebook of 4-bit or narrower codes, (C,), (N, C), (N, 1, C) or (N, G, C) with C <= 16 -> the codebook
-    kernel's operands: ``table`` (T, 16) float32, its distinct rows rounded to bf16 (as the reference's
-    ``codebook.to(bfloat16)``) and zero-padded to 16, and ``ids`` (G, N) int32, each column's row per group.
+    kernels' operands: ``table`` (T, 16) float32, its distinct rows rounded to ``dtype`` (as the reference's
+    ``codebook.to(dtype)``) and zero-padded to 16, and ``ids`` (G, N) int32, each column's row per group.
 
     ANT picks one of a few numeric types per tensor, channel or group, so T is at most the number of types and
     the table stays in L1 however many columns share it."""
@@ -68,7 +69,7 @@ def codebook_tables(codebook: torch.Tensor, n: int, groups: int) -> tuple[torch.
         raise ValueError(f"the int4 codebook kernel needs (C,), (N, C) or (N, G, C) tables with C <= 16, "
                          f"got {tuple(codebook.shape)}")
     rows = codebook.reshape(-1, c) if codebook.dim() > 1 else codebook.reshape(1, c)
-    rows = torch.nn.functional.pad(rows.to(torch.bfloat16).float(), (0, 16 - c))  # (R, 16)
+    rows = torch.nn.functional.pad(rows.to(dtype).float(), (0, 16 - c))  # (R, 16)
     table, inverse = torch.unique(rows, dim=0, return_inverse=True)  # (T, 16), (R,)
     if codebook.dim() == 1:
         ids = inverse.expand(groups, n)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .amx_w4 import codebook_tables
 from .kernels import choose_kernel, get_policy, native_ops_for, run_kernel
 from .packing import (NIBBLE_OFFSET, group_planar, pack_codes, packed_shape, unpack_codes, unpack_group_planar_to,
                       unpack_nibbles_to)
@@ -112,6 +113,9 @@ class _PackedWeightMixin(nn.Module):
         n, k = self._n, self._k
         gs = k if self.group_size is None else self.group_size
         if self.codebook is not None:
+            fused = self._native_codebook_dequant(gs, dtype)
+            if fused is not None:
+                return fused
             vals = lookup(self.codebook.to(dtype), self.unpacked_codes(), n, k // gs)  # (N, G, gs)
             return vals.mul_(self.scale.to(dtype).unsqueeze(-1)).view(n, k)
         if self.bits <= 4:  # raw nibbles 0..15; signed codes carry an offset of 8 folded into the zero point
@@ -148,6 +152,20 @@ class _PackedWeightMixin(nn.Module):
                 if self.zero is not None else torch.empty(0, dtype=dtype))
         offset = NIBBLE_OFFSET if self.signed else 0  # signed codes never carry a zero point
         return ops.dequant_int4_planar(planar, scale, zero, float(offset)).view(self._n, self._k)
+
+    def _native_codebook_dequant(self, gs: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The codebook lookup and scale in one native pass over group-planar codes (bit-identical), or None."""
+        if (dtype not in (torch.float32, torch.bfloat16) or self.bits > 4 or gs % 2 or self.codebook.shape[-1] > 16
+                or not get_policy().planar_cache):
+            return None
+        ops = native_ops_for(self.qweight)
+        if ops is None:
+            return None
+        groups = self._k // gs
+        planar = self.kernel_cache("group_planar", lambda: group_planar(self.raw_nibbles(), gs))
+        table, ids = self.kernel_cache(("codebook_rows", dtype), lambda: _codebook_rows(self, groups, dtype))
+        scale = self.kernel_cache(("scale_rows", dtype), lambda: self.scale.to(dtype).float().contiguous())
+        return ops.dequant_codebook_planar(planar, table, ids, scale, dtype == torch.bfloat16).view(self._n, self._k)
 
     def kernel_cache(self, key, build):
         """Derived tensors (kernel layouts, scales in the compute dtype), built once; cleared when the
@@ -355,6 +373,12 @@ class QuantizedEmbedding(_PackedWeightMixin):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self._storage_extra_repr()}"
+
+
+def _codebook_rows(mod, groups: int, dtype: torch.dtype):
+    """The distinct codebook rows (T, 16) in ``dtype`` and each (column, group)'s row (N, G) int32."""
+    table, ids = codebook_tables(mod.codebook, mod._n, groups, dtype)
+    return table, ids.t().contiguous()
 
 
 def _codebook_kind(codebook: torch.Tensor | None):

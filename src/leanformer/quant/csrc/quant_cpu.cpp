@@ -172,6 +172,56 @@ torch::Tensor dequant_int4_planar(const torch::Tensor& planar, const torch::Tens
   return out;
 }
 
+// Group-planar codebook codes (N, G, gs/2) uint8 (4 bits or fewer: ANT) -> (N, G*gs) weight, w = table[id][q] * s:
+// table (T, 16) float32 holding values already rounded to the output dtype, ids (N, G) int32 in [0, T), scale
+// (N, G) float32 (likewise rounded); float32 output is the product, bfloat16 output its round to nearest even.
+// The eager path's lookup(codebook.to(dtype)) then mul_(scale.to(dtype)), bit for bit, in one pass.
+torch::Tensor dequant_codebook_planar(const torch::Tensor& planar, const torch::Tensor& table, const torch::Tensor& ids,
+                                      const torch::Tensor& scale, bool bf16_out) {
+  TORCH_CHECK(planar.scalar_type() == torch::kUInt8 && planar.dim() == 3 && planar.is_contiguous(),
+              "planar: (N, G, gs/2) uint8");
+  const int64_t rows = planar.size(0), groups = planar.size(1), half = planar.size(2);
+  TORCH_CHECK(table.scalar_type() == torch::kFloat32 && table.dim() == 2 && table.size(0) > 0 &&
+                  table.size(1) == 16 && table.is_contiguous(), "table: (T, 16) float32");
+  TORCH_CHECK(ids.scalar_type() == torch::kInt32 && ids.numel() == rows * groups && ids.is_contiguous(),
+              "ids: (N, G) int32");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == rows * groups && scale.is_contiguous(),
+              "scale: (N, G) float32");
+  const int32_t* ip = ids.data_ptr<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)  // an id outside the table would read other memory
+    TORCH_CHECK(ip[i] >= 0 && ip[i] < table.size(0), "ids: values in [0, T), found ", ip[i]);
+  auto out = torch::empty({rows, groups * 2 * half}, scale.options().dtype(bf16_out ? torch::kBFloat16 : torch::kFloat32));
+  const uint8_t* pp = planar.data_ptr<uint8_t>();
+  const float* tp = table.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  void* op = out.data_ptr();
+  at::parallel_for(0, rows * groups, kGroupGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* p = pp + i * half;
+      const float* row = tp + 16 * static_cast<int64_t>(ip[i]);
+      const float s = sp[i];
+      if (bf16_out) {
+        uint16_t* lo = static_cast<uint16_t*>(op) + i * 2 * half;
+        uint16_t* hi = lo + half;
+#pragma omp simd
+        for (int64_t j = 0; j < half; ++j) {
+          lo[j] = to_bf16_bits(row[p[j] & 0xF] * s);
+          hi[j] = to_bf16_bits(row[p[j] >> 4] * s);
+        }
+      } else {
+        float* lo = static_cast<float*>(op) + i * 2 * half;
+        float* hi = lo + half;
+#pragma omp simd
+        for (int64_t j = 0; j < half; ++j) {
+          lo[j] = row[p[j] & 0xF] * s;
+          hi[j] = row[p[j] >> 4] * s;
+        }
+      }
+    }
+  });
+  return out;
+}
+
 // (M, N) bfloat16 GEMM result -> float32 plus bias (N,): float(y) + b, the eager y.float().add_(bias).
 torch::Tensor bf16_to_float_add(const torch::Tensor& y, const torch::Tensor& bias) {
   TORCH_CHECK(y.scalar_type() == torch::kBFloat16 && y.dim() == 2 && y.is_contiguous(), "y: (M, N) bfloat16");
@@ -240,6 +290,7 @@ torch::Tensor group_sq_err(const torch::Tensor& w, const torch::Tensor& scale, c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
+  m.def("dequant_codebook_planar", &dequant_codebook_planar, "group-planar codebook codes (ANT) -> scaled weight (fused)");
   m.def("bf16_to_float_add", &bf16_to_float_add, "bf16 GEMM result -> float32 + bias (fused)");
   m.def("quantize_rows", &quantize_rows, "per-row symmetric int8 quantization (fused)");
   m.def("rescale_int32", &rescale_int32, "int32 GEMM result -> float32 with row/column scales and bias (fused)");
