@@ -118,6 +118,9 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "w8a8_stock_layers": ("leanformer", "w8a8 with transformers' own BertLayer call path "
                                         "(set_policy(fast_layers=False))",
                           _policy(_ours(W8A8Config(), EMB8), fast_layers=False)),
+    "w8a8_module_calls": ("leanformer", "w8a8 with each BERT layer's modules called one by one instead of the "
+                                        "fused-int8 layer sequence (set_policy(int8_layers=False))",
+                          _policy(_ours(W8A8Config(), EMB8), int8_layers=False)),
     "w8a8_stock_attention": ("leanformer", "w8a8 with torch's SDPA attention (short_attention=False)",
                              _ours(W8A8Config(short_attention=False), EMB8)),
     "w4g64_stock_attention": ("leanformer", "w4g64 with torch's SDPA attention (short_attention=False)",

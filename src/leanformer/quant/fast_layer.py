@@ -20,6 +20,10 @@ feed-forward chunking, extra keyword arguments, the model off leanformer's atten
 modules (or global module hooks), another class standing in for the attention blocks, or
 ``set_policy(fast_layers=False)``.
 
+Where every product of the layer runs on the fused int8 kernel (W8A8 / W4A8 with ``fuse=True``), the layer goes
+one step further: ``int8_layer.run_int8_layer`` calls the kernels themselves, without the modules (bit-identical;
+``set_policy(int8_layers=False)`` keeps the module calls).
+
 The swap is a class change of the existing layer object (its children, parameters and state dict are
 untouched), done only where transformers' ``BertLayer`` and ``BertSelfAttention`` have the signatures this was
 written against; other versions keep their layers as they are.
@@ -34,6 +38,7 @@ from torch.nn.modules import module as _module_hooks
 from transformers.models.bert.modeling_bert import BertAttention, BertLayer, BertSelfAttention
 
 from .attention import ATTENTION_NAME, _hf_attention
+from .int8_layer import int8_layer_plan, run_int8_layer
 from .kernels import get_policy
 
 __all__ = ["FastBertLayer", "use_fast_layers_", "fast_layers_supported"]
@@ -70,6 +75,9 @@ class FastBertLayer(BertLayer):
         if not self._shortcut_applies(encoder_hidden_states, encoder_attention_mask, cache, kwargs):
             return super().forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                    cache=cache, **kwargs)
+        plan = int8_layer_plan(self, hidden_states)
+        if plan is not None:  # every product on the fused int8 kernel: one sequence of native calls
+            return run_int8_layer(plan, hidden_states, attention_mask)
         sa = self.attention.self
         input_shape = hidden_states.shape[:-1]
         heads = (*input_shape, -1, sa.attention_head_size)

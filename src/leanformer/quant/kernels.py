@@ -87,6 +87,9 @@ class KernelPolicy:
     # BERT layers of a model on leanformer's short attention call their children directly (fast_layer.py):
     # bit-identical, a MiniLM W8A8 forward 1.09x faster at batch 1 (no measurable change at batch 32)
     fast_layers: bool = True
+    # ... and those whose every Linear runs the fused int8 kernel (W8A8 / W4A8, fuse=True) run as one sequence of
+    # native calls without the modules' Python dispatch (int8_layer.py): bit-identical
+    int8_layers: bool = True
 
 
 _POLICY = KernelPolicy()

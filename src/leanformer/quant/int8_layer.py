@@ -1,0 +1,137 @@
+"""A fused-int8 BERT layer as one sequence of native calls: the step after ``fast_layer``'s shorter call path, for
+layers whose every product already runs on the fused int8 kernel (W8A8 or W4A8 with ``fuse=True``).
+
+Why: a layer's module calls cost Python time whatever the batch size: each quantized Linear goes through
+``QuantizedLinear.forward`` -> ``choose_kernel`` -> ``run_kernel`` -> ``_w8a8`` -> ``prepare_shared``, and each block
+through ``nn.Module.__call__``. ``run_int8_layer`` calls the same kernels with the same operands, in the same order,
+and hands each kernel's int8 codes straight to the next product instead of through ``offer_shared`` /
+``prepare_shared``. On MiniLM W8A8 (Zen 4 VM, 1 thread, forwards alternating with the module calls) that is ~60 us
+per layer: 1.13x at batch 1 and ~1.01x at batch 32, where the products dominate.
+
+What it computes is what the module path computes, bit for bit (tested with ``torch.equal``):
+- the input's per-token codes: ``quantize_per_token_shared`` (the previous layer's fused norm offered them);
+- query, key and value: the fused int8 product of each, with its own packed weight and scales;
+- attention: ``attention._hf_attention`` on the same (B, H, S, D) views, so the short kernel or its SDPA fallback;
+- the self-output block: the context's codes (``quantize_activations``), the product, then the fused residual add
+  + LayerNorm, which also returns the next codes (equal to ``quantize_rows`` of its output);
+- the intermediate block: the product with the GELU in its epilogue and the next codes from the same kernel;
+- the output block: the product and the fused residual norm, whose codes are offered to the next layer.
+Where a kernel reports a NaN or inf row it hands no codes over, and the next step quantizes its input itself, as
+the module path does.
+
+It applies only where every module is the one this sequence stands for and nothing could observe the difference:
+inference without gradients, the attention and both output blocks' dropouts in eval mode, no hook on a module the
+module calls would call, float32 contiguous CPU input, all six Linears ``QuantizedLinear`` with int8 activations
+on the fused kernel, ``FusedActivation`` for the GELU and ``FusedResidualNorm`` for both output blocks. Anything else keeps ``FastBertLayer``'s module calls.
+``set_policy(int8_layers=False)`` turns it off.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import kernels
+from .amx import activation_code
+from .attention import _hf_attention
+from .kernels import (INT8_PER_TOKEN, _amx_applies, _amx_int8_product, get_policy, native_ops_for, offer_shared,
+                      quantize_per_token_shared)
+from .modules import FusedActivation, QuantizedLinear
+from .residual_norm import FusedResidualNorm
+
+__all__ = ["int8_layer_plan", "run_int8_layer"]
+
+
+class Int8LayerPlan(NamedTuple):
+    """The modules ``run_int8_layer`` reads, found by ``int8_layer_plan`` (read once per call: nn.Module's attribute
+    lookup costs ~0.7 us a step, which added up to ~40 us per layer when every helper walked the tree again)."""
+    attention: nn.Module  # BertSelfAttention: query, key, value, head size, scaling
+    self_output: FusedResidualNorm
+    intermediate: QuantizedLinear  # the intermediate block's dense, with the GELU in its epilogue
+    output: FusedResidualNorm
+
+
+# The checks below run on every call of every layer, so they read children and tensors from the modules' own
+# dicts: nn.Module's attribute lookup for a child or buffer costs ~0.7 us, and the plain reads put this check at
+# ~50 us per layer, a tenth of a batch-1 MiniLM layer.
+def _int8_linear(mod: nn.Module, activation: str | None) -> bool:
+    """A QuantizedLinear whose forward would run the fused int8 kernel with this epilogue activation."""
+    if type(mod) is not QuantizedLinear or mod.act_bits != 8 or mod.activation != activation or _hooked(mod):
+        return False
+    bias = mod._buffers["bias"]
+    return (bias is None or bias.dtype == torch.float32) and _amx_applies(mod)
+
+
+def _fused_norm(block: nn.Module) -> bool:
+    """A FusedResidualNorm that would take its fused pass on float32 inputs (no active dropout, float32 affine),
+    with none of its modules hooked."""
+    if type(block) is not FusedResidualNorm:
+        return False
+    parts = block._modules
+    norm, dropout = parts["LayerNorm"]._parameters, parts["dropout"]
+    # its LayerNorm module is not called on the fused pass (only its parameters are read), so its hooks do not count
+    return (_int8_linear(parts["dense"], None) and not dropout.training and not _hooked(block) and not _hooked(dropout)
+            and norm["weight"].dtype == torch.float32 and norm["bias"].dtype == torch.float32)
+
+
+def _hooked(mod: nn.Module) -> bool:
+    """A hook on the module (the sequence does not call it, so the hook would not fire)."""
+    return bool(mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks)
+
+
+def int8_layer_plan(layer: nn.Module, hidden_states: torch.Tensor) -> Int8LayerPlan | None:
+    """The plan ``run_int8_layer`` follows when it gives exactly what the layer's module calls would (see above),
+    else None. ``layer`` is a BertLayer whose attention blocks ``FastBertLayer`` has checked (types, hooks)."""
+    if not (get_policy().int8_layers and not torch.is_grad_enabled() and hidden_states.dtype == torch.float32
+            and hidden_states.dim() == 3 and hidden_states.is_contiguous()
+            and native_ops_for(hidden_states) is not None):
+        return None
+    attention, block, intermediate = (layer._modules[name] for name in ("attention", "output", "intermediate"))
+    sa, self_output = attention._modules["self"], attention._modules["output"]
+    qkv = sa._modules
+    act, inter = intermediate._modules["intermediate_act_fn"], intermediate._modules["dense"]
+    if not (not sa.training and not _hooked(intermediate) and not _hooked(act)
+            and type(act) is FusedActivation and _int8_linear(inter, "gelu")
+            and all(_int8_linear(qkv[name], None) for name in ("query", "key", "value"))
+            and hidden_states.shape[-1] == qkv["query"].in_features
+            and _fused_norm(self_output) and _fused_norm(block)):
+        return None
+    return Int8LayerPlan(sa, self_output, inter, block)
+
+
+def _codes(y2: torch.Tensor, res) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token codes of ``y2`` from a kernel's (out, codes, scale, finite), or computed here when it found a
+    NaN or inf row (the module path's next layer then quantizes the output itself, the same way)."""
+    _, codes, scale, finite = res
+    # through the module: tests wrap kernels.quantize_activations to count the quantizations a forward makes
+    return (codes, scale) if bool(finite) else kernels.quantize_activations(y2)
+
+
+def run_int8_layer(plan: Int8LayerPlan, hidden_states: torch.Tensor,
+                   attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The layer's output for (B, S, H) ``hidden_states``, following ``int8_layer_plan``'s plan."""
+    ops = native_ops_for(hidden_states)
+    sa = plan.attention
+    batch, seq, hidden = hidden_states.shape
+    x2 = hidden_states.view(-1, hidden)  # (M, H)
+    xq, xs = quantize_per_token_shared(x2)  # (M, H) int8, (M, 1)
+    q, k, v = (_amx_int8_product(ops, m, xq, xs, m.bias, 0, False).view(batch, seq, -1, sa.attention_head_size)
+               .transpose(1, 2) for m in (sa.query, sa.key, sa.value))  # (B, heads, S, D)
+    context, _ = _hf_attention(sa, q, k, v, attention_mask, dropout=0.0, scaling=sa.scaling)  # (B, S, heads, D)
+    context = context.reshape(batch * seq, -1).contiguous()  # (M, H)
+    # (out, codes, scale, finite) of LayerNorm(attention output + input)
+    attended = _residual_norm(ops, plan.self_output, *kernels.quantize_activations(context), x2)
+    inter = plan.intermediate
+    ffn = _amx_int8_product(ops, inter, *_codes(attended[0], attended), inter.bias, activation_code("gelu"), True)
+    y, codes, scale, finite = _residual_norm(ops, plan.output, *_codes(ffn[0], ffn), attended[0])
+    if bool(finite):  # the next layer (or any W8A8 Linear reading y) finds its input codes ready
+        offer_shared(INT8_PER_TOKEN, y, (codes, scale))
+    return y.view(batch, seq, hidden)
+
+
+def _residual_norm(ops, block: FusedResidualNorm, xq, xs, residual: torch.Tensor):
+    """LayerNorm(dense(x) + residual) of a FusedResidualNorm block from its input's codes, with the output's codes."""
+    h = _amx_int8_product(ops, block.dense, xq, xs, block.dense.bias, 0, False)  # (M, N)
+    norm = block.LayerNorm
+    return ops.residual_layer_norm(h, residual, norm.weight, norm.bias, norm.eps, True)

@@ -1,0 +1,147 @@
+"""The fused-int8 BERT layer (int8_layer.py): bit-identical to the same layer's module calls, really taken where it
+applies, and left for the module calls wherever anything could tell the difference."""
+import pytest
+import torch
+
+from leanformer.quant import (W4A8Config, W8A8Config, WeightOnlyConfig, load_quantized, quantize_, save_quantized,
+                              set_policy)
+from leanformer.quant.amx import int8_kernel_available
+from leanformer.quant.native import native_ops, native_status
+
+transformers = pytest.importorskip("transformers")
+pytestmark = [pytest.mark.skipif(native_ops() is None, reason=f"native kernels: {native_status()}"),
+              pytest.mark.skipif(native_ops() is not None and not int8_kernel_available(),
+                                 reason="no fused int8 kernel (AMX or AVX512-VNNI) on this CPU"),
+              pytest.mark.usefixtures("kernel_policy_restored")]
+
+from leanformer.quant import fast_layer, int8_layer  # noqa: E402  (imports transformers)
+from leanformer.quant.modules import QuantizedLinear  # noqa: E402
+
+GEN = torch.Generator().manual_seed(3)
+IDS = torch.randint(0, 101, (5, 19), generator=GEN)
+MASK = (torch.arange(19)[None, :] < torch.tensor([19, 3, 11, 1, 17])[:, None]).long()  # padded batch
+
+
+def _bert(layers=2):
+    # hidden 64 and intermediate 192: the fused int8 kernels need K % 64 == 0 and N % 16 == 0
+    cfg = transformers.BertConfig(vocab_size=101, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                                  intermediate_size=192, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.BertModel(cfg).eval()
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """The layers that ran the int8 sequence, in call order."""
+    calls = []
+    real = int8_layer.run_int8_layer
+    monkeypatch.setattr(fast_layer, "run_int8_layer", lambda plan, *a: (calls.append(plan), real(plan, *a))[1])
+    return calls
+
+
+def _outputs(model, int8_layers: bool, **inputs):
+    set_policy(int8_layers=int8_layers)
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.last_hidden_state, out.pooler_output
+
+
+@pytest.mark.parametrize("config", [W8A8Config(), W4A8Config(group_size=32)], ids=["w8a8", "w4a8"])
+@pytest.mark.parametrize("inputs", [dict(input_ids=IDS, attention_mask=MASK), dict(input_ids=IDS[:1, :7])],
+                         ids=["padded_batch", "one_sentence"])
+def test_the_sequence_gives_the_module_calls_outputs_bit_for_bit(config, inputs, taken):
+    model = _bert()
+    quantize_(model, config)
+    fast = _outputs(model, True, **inputs)
+    assert len(taken) == 2
+    slow = _outputs(model, False, **inputs)
+    assert len(taken) == 2  # the policy switch turns it off
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_the_sequence_skips_the_quantized_modules_calls(monkeypatch, taken):
+    model = _bert()
+    quantize_(model, W8A8Config())
+    calls = []
+    real = QuantizedLinear.forward
+    monkeypatch.setattr(QuantizedLinear, "forward", lambda self, *a, **k: (calls.append(self), real(self, *a, **k))[1])
+    _outputs(model, True, input_ids=IDS)
+    assert calls == [model.pooler.dense]  # the pooler is not part of a layer
+    calls.clear()
+    _outputs(model, False, input_ids=IDS)
+    assert len(calls) == 2 * 6 + 1
+
+
+def test_a_row_that_is_not_finite_gives_the_module_calls_result(taken):
+    model = _bert()
+    quantize_(model, W8A8Config())
+    layer = model.encoder.layer[0]
+    x = torch.randn(3, 7, 64, generator=GEN)
+    x[1, 2] = float("nan")  # its codes, then attention rows and norm outputs, are not finite: codes made afresh
+    x[2, 4, 5] = float("inf")
+    with torch.no_grad():
+        set_policy(int8_layers=True)
+        fast = layer(x)
+        set_policy(int8_layers=False)
+        slow = layer(x)
+    assert len(taken) == 1
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0, equal_nan=True)
+
+
+def _hook_targets(model):
+    layer = model.encoder.layer[0]
+    return {"query": layer.attention.self.query, "self_output": layer.attention.output,
+            "dropout": layer.output.dropout,
+            "intermediate": layer.intermediate, "gelu": layer.intermediate.intermediate_act_fn,
+            "output_dense": layer.output.dense}
+
+
+@pytest.mark.parametrize("target", list(_hook_targets(_bert(1))))
+def test_a_hooked_module_keeps_the_module_calls_and_its_hook_fires(target, taken):
+    model = _bert(1)
+    quantize_(model, W8A8Config())
+    seen = []
+    _hook_targets(model)[target].register_forward_pre_hook(lambda *a: seen.append(1))
+    fast, _ = _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    assert taken == [] and seen == [1]
+    assert torch.equal(fast, _outputs(model, False, input_ids=IDS, attention_mask=MASK)[0])
+
+
+def test_gradients_training_and_odd_inputs_keep_the_module_calls(taken):
+    model = _bert(1)
+    quantize_(model, W8A8Config())
+    layer = model.encoder.layer[0]
+    set_policy(int8_layers=True)
+    x = torch.randn(2, 5, 64, generator=GEN)
+    layer(x)  # gradients on
+    model.train()
+    with torch.no_grad():
+        layer(x)
+    model.eval()
+    with torch.no_grad():
+        strided = layer(x.transpose(0, 1).contiguous().transpose(0, 1))  # the same values, not contiguous
+        assert taken == []
+        assert torch.equal(layer(x), strided)
+    assert len(taken) == 1
+
+
+@pytest.mark.parametrize("config", [WeightOnlyConfig(bits=4, group_size=32), W8A8Config(fuse=False)],
+                         ids=["weight_only", "w8a8_unfused"])
+def test_layers_off_the_fused_int8_kernels_keep_the_module_calls(config, taken):
+    model = _bert(1)
+    quantize_(model, config)
+    _outputs(model, True, input_ids=IDS)
+    assert taken == []
+
+
+def test_a_loaded_checkpoint_takes_the_sequence(tmp_path, taken):
+    model = _bert()
+    quantize_(model, W8A8Config())
+    expected = _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    save_quantized(model, tmp_path / "q")
+    taken.clear()
+    loaded = load_quantized(tmp_path / "q")
+    got = _outputs(loaded, True, input_ids=IDS, attention_mask=MASK)
+    assert len(taken) == 2
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
