@@ -145,3 +145,57 @@ def test_a_loaded_checkpoint_takes_the_sequence(tmp_path, taken):
     got = _outputs(loaded, True, input_ids=IDS, attention_mask=MASK)
     assert len(taken) == 2
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+# --- the kernels' residual-norm epilogue (amx.run_amx_int8_norm), on whichever fused int8 kernel this CPU has
+def _norm_operands(m, n, k, gen):
+    from leanformer.quant.amx import pack_amx_weight
+
+    xq = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+    xs, cs = torch.rand(m, 1, generator=gen) * 0.02, torch.rand(n, generator=gen) * 0.02
+    bias, residual = torch.randn(n, generator=gen), torch.randn(m, n, generator=gen) * 3
+    gamma, beta = torch.rand(n, generator=gen) + 0.5, torch.randn(n, generator=gen)
+    return xq, xs, pack_amx_weight(w), cs, bias, residual, gamma, beta
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 16, 64), (7, 48, 128), (9, 64, 64), (33, 32, 192), (70, 384, 384)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_norm_epilogue_equals_the_product_then_the_fused_norm(m, n, k, bias):
+    from leanformer.quant.amx import run_amx_int8, run_amx_int8_norm
+
+    ops = native_ops()
+    xq, xs, packed, cs, b, residual, gamma, beta = _norm_operands(m, n, k, torch.Generator().manual_seed(m * n + k))
+    b = b if bias else None
+    got = run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual, gamma, beta, 1e-12)
+    h = run_amx_int8(ops, xq, xs, packed, cs, b, 0, False)
+    want = ops.residual_layer_norm(h, residual, gamma, beta, 1e-12, True)
+    for a, e in zip(got[:3], want[:3]):
+        assert torch.equal(a, e)
+    assert got[3] is True and bool(want[3])
+
+
+def test_the_norm_epilogue_reports_rows_that_are_not_finite():
+    from leanformer.quant.amx import run_amx_int8, run_amx_int8_norm
+
+    ops = native_ops()
+    xq, xs, packed, cs, b, residual, gamma, beta = _norm_operands(12, 32, 64, torch.Generator().manual_seed(5))
+    residual[3, 7] = float("inf")
+    out, _, _, finite = run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual, gamma, beta, 1e-5)
+    want = ops.residual_layer_norm(run_amx_int8(ops, xq, xs, packed, cs, b, 0, False), residual, gamma, beta, 1e-5, True)
+    assert finite is False and not bool(want[3])
+    torch.testing.assert_close(out, want[0], rtol=0, atol=0, equal_nan=True)
+    assert torch.isfinite(out[torch.arange(12) != 3]).all()
+
+
+def test_the_norm_epilogue_names_bad_operands():
+    from leanformer.quant.amx import run_amx_int8_norm
+
+    ops = native_ops()
+    xq, xs, packed, cs, b, residual, gamma, beta = _norm_operands(8, 32, 64, torch.Generator().manual_seed(6))
+    with pytest.raises(RuntimeError, match="residual"):
+        run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual[:, :16].contiguous(), gamma, beta, 1e-5)
+    with pytest.raises(RuntimeError, match="residual"):
+        run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual.double(), gamma, beta, 1e-5)
+    with pytest.raises(RuntimeError, match="norm weight and bias"):
+        run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual, gamma[:16].contiguous(), beta, 1e-5)

@@ -29,7 +29,7 @@ from .cpu_features import cpu_has
 from .native import native_built, native_ops, native_status, required_native_ops
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "run_amx_int8", "int8_reference", "vnni_int8_available", "vnni_int8_status",
+           "amx_int8_linear", "run_amx_int8", "run_amx_int8_norm", "int8_reference", "vnni_int8_available", "vnni_int8_status",
            "int8_kernel", "int8_kernel_available", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status",
            "sibling_status"]
 
@@ -92,6 +92,17 @@ def run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act: int, quantize
     out, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
                                        _NO_BIAS if bias is None else bias.contiguous(), act, quantize_output)
     return (out, codes, scale, bool(finite)) if quantize_output else out
+
+
+def run_amx_int8_norm(ops, xq, row_scale, packed, col_scale, bias, residual, norm_weight, norm_bias, eps: float):
+    """``run_amx_int8`` (no activation) followed by LayerNorm(out + residual) and its per-token codes, done on each
+    finished row block inside the kernel: ``(out, codes, scale, finite)``, bit for bit what ``residual_layer_norm``
+    (``residual_norm.py``'s fused pass) returns for the product's output."""
+    linear = ops.amx_int8_linear_norm if amx_int8_available() else ops.vnni_int8_linear_norm
+    out, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
+                                       _NO_BIAS if bias is None else bias.contiguous(), residual, norm_weight,
+                                       norm_bias, eps)
+    return out, codes, scale, bool(finite)
 
 
 _NO_BIAS = torch.empty(0)

@@ -13,7 +13,9 @@ What it computes is what the module path computes, bit for bit (tested with ``to
 - query, key and value: the fused int8 product of each, with its own packed weight and scales;
 - attention: ``attention._hf_attention`` on the same (B, H, S, D) views, so the short kernel or its SDPA fallback;
 - the self-output block: the context's codes (``quantize_activations``), the product, then the fused residual add
-  + LayerNorm, which also returns the next codes (equal to ``quantize_rows`` of its output);
+  + LayerNorm, which also returns the next codes (equal to ``quantize_rows`` of its output); for W8A8 the kernel
+  normalises each finished row block while it is in cache (``amx.run_amx_int8_norm``: ``residual_layer_norm``'s
+  bits, one pass over the activation fewer);
 - the intermediate block: the product with the GELU in its epilogue and the next codes from the same kernel;
 - the output block: the product and the fused residual norm, whose codes are offered to the next layer.
 Where a kernel reports a NaN or inf row it hands no codes over, and the next step quantizes its input itself, as
@@ -22,8 +24,8 @@ the module path does.
 It applies only where every module is the one this sequence stands for and nothing could observe the difference:
 inference without gradients, the attention and both output blocks' dropouts in eval mode, no hook on a module the
 module calls would call, float32 contiguous CPU input, all six Linears ``QuantizedLinear`` with int8 activations
-on the fused kernel, ``FusedActivation`` for the GELU and ``FusedResidualNorm`` for both output blocks. Anything else keeps ``FastBertLayer``'s module calls.
-``set_policy(int8_layers=False)`` turns it off.
+on the fused kernel, ``FusedActivation`` for the GELU and ``FusedResidualNorm`` for both output blocks. Anything
+else keeps ``FastBertLayer``'s module calls. ``set_policy(int8_layers=False)`` turns it off.
 """
 from __future__ import annotations
 
@@ -33,10 +35,10 @@ import torch
 from torch import nn
 
 from . import kernels
-from .amx import activation_code
+from .amx import activation_code, run_amx_int8_norm
 from .attention import _hf_attention
-from .kernels import (INT8_PER_TOKEN, _amx_applies, _amx_int8_product, get_policy, native_ops_for, offer_shared,
-                      quantize_per_token_shared)
+from .kernels import (INT8_PER_TOKEN, _amx_applies, _amx_int8_product, _amx_packed, _w8a8_scale, get_policy,
+                      native_ops_for, offer_shared, quantize_per_token_shared)
 from .modules import FusedActivation, QuantizedLinear
 from .residual_norm import FusedResidualNorm
 
@@ -131,7 +133,13 @@ def run_int8_layer(plan: Int8LayerPlan, hidden_states: torch.Tensor,
 
 
 def _residual_norm(ops, block: FusedResidualNorm, xq, xs, residual: torch.Tensor):
-    """LayerNorm(dense(x) + residual) of a FusedResidualNorm block from its input's codes, with the output's codes."""
-    h = _amx_int8_product(ops, block.dense, xq, xs, block.dense.bias, 0, False)  # (M, N)
-    norm = block.LayerNorm
+    """LayerNorm(dense(x) + residual) of a FusedResidualNorm block from its input's codes, with the output's codes:
+    (out, codes, scale, finite). For W8A8 the kernel normalises each finished row block while it is in cache
+    (``run_amx_int8_norm``); W4A8 runs the product, then the fused norm's own pass. Both give residual_layer_norm's
+    bits."""
+    dense, norm = block.dense, block.LayerNorm
+    if dense.bits == 8:
+        return run_amx_int8_norm(ops, xq, xs, _amx_packed(dense), _w8a8_scale(dense).view(-1), dense.bias, residual,
+                                 norm.weight, norm.bias, norm.eps)
+    h = _amx_int8_product(ops, dense, xq, xs, dense.bias, 0, False)  # (M, N)
     return ops.residual_layer_norm(h, residual, norm.weight, norm.bias, norm.eps, True)

@@ -409,8 +409,12 @@ def _amx_int8_product(ops, mod, xq, xs, bias, act: int, prepare_output: bool):
     if mod.bits == 4:
         tables = mod.kernel_cache("w4a8_amx", lambda: w4a8_tables(mod))
         return run_amx_w4a8(ops, xq, xs, tables, _group_size(mod), bias, act, prepare_output)
-    packed = mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
-    return run_amx_int8(ops, xq, xs, packed, _w8a8_scale(mod).view(-1), bias, act, prepare_output)
+    return run_amx_int8(ops, xq, xs, _amx_packed(mod), _w8a8_scale(mod).view(-1), bias, act, prepare_output)
+
+
+def _amx_packed(mod) -> torch.Tensor:
+    """A W8A8 layer's weight in the fused int8 kernels' layout (``pack_amx_weight``), cached on the module."""
+    return mod.kernel_cache("w8a8_amx", lambda: pack_amx_weight(mod.qweight))
 
 
 def _int8_product(mod, xq: torch.Tensor) -> torch.Tensor:

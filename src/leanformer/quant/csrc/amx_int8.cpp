@@ -79,28 +79,25 @@ std::string amx_int8_status() {
 #endif
 }
 
-// xq (M, K) int8 contiguous, row_scale (M, 1) float32, packed (N/16, K/64, 16, 64) int8, col_scale (N,) float32,
-// bias (N,) float32 or empty, activation (0 none, 1 GELU), quantize ->
-//   {out (M, N) float32, and when `quantize`: codes (M, N) int8, scale (M, 1), finite (bool)}, the codes being
-//   quantize_rows(out)'s, computed from each 32-row block while it is still in cache
-std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
-                                           const torch::Tensor& packed, const torch::Tensor& col_scale,
-                                           const torch::Tensor& bias, int64_t activation, bool quantize) {
-  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
+#ifdef LEANFORMER_HAVE_AMX
+namespace {
+// The product of io's operands into io.out, each task's finished rows handed to io.finish_rows; false if one of
+// them held a NaN or an inf
+bool amx_product(const Int8Linear& io, int64_t activation) {
+  TORCH_CHECK(request_tiles(), "AMX tiles unavailable: ", amx_int8_status());
   const int64_t rows = io.rows, depth = io.depth, cols = io.cols;
   std::atomic<bool> finite{true};
-#ifdef LEANFORMER_HAVE_AMX
-  TORCH_CHECK(request_tiles(), "AMX tiles unavailable: ", amx_int8_status());
   const int8_t *ap = io.a, *bp = io.b;
   const float *rp = io.row_scale, *cp = io.col_scale, *biasp = io.bias;
   float* op = io.y;
   const int64_t k_tiles = depth / kDepth, col_blocks = (cols + kBlock - 1) / kBlock;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock, units = row_blocks * col_blocks;
   const int64_t panel = depth * kRows;  // bytes of one packed 16-column block
-  // Work units are (row block, column block) pairs, row-major. Quantizing needs whole rows in one task, and
-  // A stays in L1 across a row's column blocks, so tasks hold whole row blocks - except for small batches
-  // without quantization, which are split by column block so that both cores get work.
-  const bool whole_rows = quantize || row_blocks >= 2 * at::get_num_threads();
+  // Work units are (row block, column block) pairs, row-major. Quantizing or normalising needs whole rows in one
+  // task, and A stays in L1 across a row's column blocks, so tasks hold whole row blocks - except for small
+  // batches without either, which are split by column block so that both cores get work.
+  const bool finish = io.finishes_rows();
+  const bool whole_rows = finish || row_blocks >= 2 * at::get_num_threads();
   at::parallel_for(0, whole_rows ? row_blocks : units, 1, [&](int64_t begin, int64_t end) {
     configure_tiles();  // tile configuration is per thread
     alignas(64) int32_t acc[kBlock * kBlock];
@@ -122,14 +119,48 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
       block_sums<Dot::kInt8>(a, depth, b0, b0 + panel, k_tiles, pair, acc);
       rescale_block(acc, valid, pair ? 2 : 1, rp + m0, cp + n0, biasp ? biasp + n0 : nullptr, activation,
                     op + m0 * cols + n0, cols);
-      if (quantize && n0 + kBlock >= cols && !io.quantize_rows(m0, valid)) finite = false;  // the row block is complete
+      if (finish && n0 + kBlock >= cols && !io.finish_rows(m0, valid)) finite = false;  // the row block is complete
     }
     _tile_release();
   });
+  return finite.load();
+}
+}  // namespace
+#endif
+
+// xq (M, K) int8 contiguous, row_scale (M, 1) float32, packed (N/16, K/64, 16, 64) int8, col_scale (N,) float32,
+// bias (N,) float32 or empty, activation (0 none, 1 GELU), quantize ->
+//   {out (M, N) float32, and when `quantize`: codes (M, N) int8, scale (M, 1), finite (bool)}, the codes being
+//   quantize_rows(out)'s, computed from each 32-row block while it is still in cache
+std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                           const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                           const torch::Tensor& bias, int64_t activation, bool quantize) {
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
+#ifdef LEANFORMER_HAVE_AMX
+  const bool finite = amx_product(io, activation);
 #else
   TORCH_CHECK(false, "amx_int8_linear: ", amx_int8_status());
+  const bool finite = false;
 #endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+}
+
+// amx_int8_linear without activation, then LayerNorm(out + residual) on each finished row and its codes, as
+// vnni_int8_linear_norm (vnni_int8.cpp): equal bit for bit to residual_layer_norm of amx_int8_linear's output
+std::vector<torch::Tensor> amx_int8_linear_norm(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                const torch::Tensor& bias, const torch::Tensor& residual,
+                                                const torch::Tensor& weight, const torch::Tensor& norm_bias,
+                                                double eps) {
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, 0, true);
+  attach_residual_norm(io, residual, weight, norm_bias, eps);
+#ifdef LEANFORMER_HAVE_AMX
+  const bool finite = amx_product(io, 0);
+#else
+  TORCH_CHECK(false, "amx_int8_linear_norm: ", amx_int8_status());
+  const bool finite = false;
+#endif
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
 }
 
 // x (M, N) float32 contiguous: GELU in place with the AMX and VNNI kernels' epilogue function (for tests)

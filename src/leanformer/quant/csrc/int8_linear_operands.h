@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "rescale_operands.h"
+#include "row_norm.h"
 #include "row_quant.h"
 
 struct Int8Linear {
@@ -16,14 +17,24 @@ struct Int8Linear {
   const int8_t *a, *b;
   const float *row_scale, *col_scale, *bias;  // bias: nullptr without one
   float* y;
+  // the residual LayerNorm epilogue (attach_residual_norm), or nullptr
+  const float *residual = nullptr, *norm_weight = nullptr, *norm_bias = nullptr;
+  float eps = 0.f;
+  bool quantize = false;  // the codes and scales of each finished row are wanted
 
-  // rows m0 .. m0 + valid of `out` are final: their codes and scales (quantize_rows' bits); false if a row holds
-  // a NaN or an inf
-  bool quantize_rows(int64_t m0, int64_t valid) const {
+  // true when finish_rows has work: the kernels then hand each task whole rows
+  bool finishes_rows() const { return quantize || residual != nullptr; }
+
+  // rows m0 .. m0 + valid of `out` hold their final sums: LayerNorm(out + residual) in place when a residual norm
+  // is attached (residual_layer_norm's bits), then their codes and scales when quantizing (quantize_rows' bits);
+  // false if a row holds a NaN or an inf
+  bool finish_rows(int64_t m0, int64_t valid) const {
     bool finite = true;
-    for (int64_t m = m0; m < m0 + valid; ++m)
-      if (!quantize_row(y + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
+    for (int64_t m = m0; m < m0 + valid; ++m) {
+      if (residual) norm_row(y + m * cols, residual + m * cols, norm_weight, norm_bias, cols, eps, y + m * cols);
+      if (quantize && !quantize_row(y + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
         finite = false;
+    }
     return finite;
   }
 };
@@ -52,5 +63,23 @@ inline Int8Linear check_int8_linear(const torch::Tensor& xq, const torch::Tensor
   io.col_scale = col_scale.data_ptr<float>();
   io.bias = has_bias ? bias.data_ptr<float>() : nullptr;
   io.y = io.out.data_ptr<float>();
+  io.quantize = quantize;
   return io;
+}
+
+// LayerNorm(out + residual) with `weight`, `bias` and `eps` applied to each finished row (finish_rows): residual
+// (M, N), weight and bias (N,), all contiguous float32 on the CPU, checked
+inline void attach_residual_norm(Int8Linear& io, const torch::Tensor& residual, const torch::Tensor& weight,
+                                 const torch::Tensor& bias, double eps) {
+  TORCH_CHECK(residual.device().is_cpu() && residual.scalar_type() == torch::kFloat32 && residual.dim() == 2 &&
+                  residual.size(0) == io.rows && residual.size(1) == io.cols && residual.is_contiguous(),
+              "residual: contiguous (", io.rows, ", ", io.cols, ") float32 on CPU, got ", residual.sizes());
+  for (const auto* t : {&weight, &bias})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->dim() == 1 &&
+                    t->size(0) == io.cols && t->is_contiguous(),
+                "norm weight and bias: contiguous (", io.cols, ",) float32 on CPU");
+  io.residual = residual.data_ptr<float>();
+  io.norm_weight = weight.data_ptr<float>();
+  io.norm_bias = bias.data_ptr<float>();
+  io.eps = static_cast<float>(eps);
 }

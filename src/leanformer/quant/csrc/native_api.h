@@ -13,6 +13,11 @@ std::string amx_int8_status();
 std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
                                            const torch::Tensor& bias, int64_t activation, bool quantize);
+std::vector<torch::Tensor> amx_int8_linear_norm(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                const torch::Tensor& bias, const torch::Tensor& residual,
+                                                const torch::Tensor& weight, const torch::Tensor& norm_bias,
+                                                double eps);
 torch::Tensor amx_gelu_(torch::Tensor& x);
 // vnni_int8.cpp (the same operands and outputs as amx_int8_linear, on AVX512-VNNI)
 bool vnni_int8_ready();
@@ -20,6 +25,11 @@ std::string vnni_int8_status();
 std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                             const torch::Tensor& packed, const torch::Tensor& col_scale,
                                             const torch::Tensor& bias, int64_t activation, bool quantize);
+std::vector<torch::Tensor> vnni_int8_linear_norm(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                 const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                 const torch::Tensor& bias, const torch::Tensor& residual,
+                                                 const torch::Tensor& weight, const torch::Tensor& norm_bias,
+                                                 double eps);
 // amx_w4.cpp
 std::vector<torch::Tensor> amx_w4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& zero,
                                          const torch::Tensor& scale, int64_t group_size, const torch::Tensor& bias,

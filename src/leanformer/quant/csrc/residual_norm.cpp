@@ -18,11 +18,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "row_norm.h"
 #include "row_quant.h"
 
-namespace {
-// One row: out = LayerNorm(x + r) with float32 two-pass moments
-void norm_row(const float* x, const float* r, const float* w, const float* b, int64_t n, float eps, float* out) {
+// row_norm.h: one row, out = LayerNorm(x + r) with float32 two-pass moments (out may alias x)
+__attribute__((noinline)) void norm_row(const float* x, const float* r, const float* w, const float* b, int64_t n, float eps, float* out) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < n; ++k) {
@@ -41,7 +41,6 @@ void norm_row(const float* x, const float* r, const float* w, const float* b, in
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) out[k] = (out[k] - mean) * rstd * w[k] + b[k];
 }
-}  // namespace
 
 // x, residual (M, N) float32 contiguous; weight, bias (N,) float32; eps; quantize ->
 //   {out (M, N) = LayerNorm(x + residual), and when `quantize`: codes (M, N) int8, scale (M, 1), finite (bool)}

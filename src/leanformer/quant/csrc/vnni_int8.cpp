@@ -132,18 +132,14 @@ std::string vnni_int8_status() {
 #endif
 }
 
-// The same operands and outputs as amx_int8_linear (amx_int8.cpp): xq (M, K) int8, row_scale (M, 1), packed
-// (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or empty, activation (0 none, 1 GELU), quantize ->
-// {out (M, N) float32, codes (M, N) int8, scale (M, 1), finite} (the last three empty / true without `quantize`)
-std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
-                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
-                                            const torch::Tensor& bias, int64_t activation, bool quantize) {
-  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
-  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+#ifdef LEANFORMER_HAVE_VNNI
+namespace {
+// The product of io's operands into io.out, each task's finished rows handed to io.finish_rows; false if one of
+// them held a NaN or an inf
+bool vnni_product(const Int8Linear& io, int64_t activation) {
   const int64_t rows = io.rows, depth = io.depth, cols = io.cols;
   const int64_t col_blocks = cols / kCols;
   std::atomic<bool> finite{true};
-#ifdef LEANFORMER_HAVE_VNNI
   const int8_t *ap = io.a, *bp = io.b;
   const float *rp = io.row_scale, *cp = io.col_scale, *biasp = io.bias;
   float* op = io.y;
@@ -153,9 +149,10 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
     for (int64_t nb = begin; nb < end; ++nb) correction[nb] = column_correction(bp + nb * panel, steps);
   });
   const int64_t row_blocks = (rows + kMr - 1) / kMr, groups = (col_blocks + kNv - 1) / kNv;
-  // Tasks hold whole row blocks (A stays in L1 across its column groups, and quantizing needs whole rows),
-  // except for small batches without quantization, split by column group so that both cores get work.
-  const bool whole_rows = quantize || row_blocks >= 2 * at::get_num_threads();
+  // Tasks hold whole row blocks (A stays in L1 across its column groups, and quantizing or normalising needs whole
+  // rows), except for small batches without either, split by column group so that both cores get work.
+  const bool finish = io.finishes_rows();
+  const bool whole_rows = finish || row_blocks >= 2 * at::get_num_threads();
   const int64_t units = whole_rows ? row_blocks : row_blocks * groups;
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> au(kMr * depth);
@@ -180,11 +177,47 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
       float* out_g = op + m0 * cols + n0;
       if (nv == 2) block<2>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
       else block<1>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
-      if (quantize && g == groups - 1 && !io.quantize_rows(m0, valid)) finite = false;  // the row block is complete
+      if (finish && g == groups - 1 && !io.finish_rows(m0, valid)) finite = false;  // the row block is complete
     }
   });
+  return finite.load();
+}
+}  // namespace
+#endif
+
+// The same operands and outputs as amx_int8_linear (amx_int8.cpp): xq (M, K) int8, row_scale (M, 1), packed
+// (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or empty, activation (0 none, 1 GELU), quantize ->
+// {out (M, N) float32, codes (M, N) int8, scale (M, 1), finite} (the last three empty / true without `quantize`)
+std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                            const torch::Tensor& bias, int64_t activation, bool quantize) {
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
+  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+#ifdef LEANFORMER_HAVE_VNNI
+  const bool finite = vnni_product(io, activation);
 #else
   TORCH_CHECK(false, "vnni_int8_linear: ", vnni_int8_status());
+  const bool finite = false;
 #endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite.load(), torch::kBool)};
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+}
+
+// vnni_int8_linear without activation, then LayerNorm(out + residual) with weight, bias and eps on each finished
+// row while it is in cache, and that row's codes: {out, codes (M, N) int8, scale (M, 1), finite}, equal bit for bit
+// to residual_layer_norm(vnni_int8_linear(...)[0], residual, weight, bias, eps, true)
+std::vector<torch::Tensor> vnni_int8_linear_norm(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                 const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                 const torch::Tensor& bias, const torch::Tensor& residual,
+                                                 const torch::Tensor& weight, const torch::Tensor& norm_bias,
+                                                 double eps) {
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, 0, true);
+  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+  attach_residual_norm(io, residual, weight, norm_bias, eps);
+#ifdef LEANFORMER_HAVE_VNNI
+  const bool finite = vnni_product(io, 0);
+#else
+  TORCH_CHECK(false, "vnni_int8_linear_norm: ", vnni_int8_status());
+  const bool finite = false;
+#endif
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
 }
