@@ -29,9 +29,9 @@ from .cpu_features import cpu_has
 from .native import native_built, native_ops, native_status, required_native_ops
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "run_amx_int8", "run_amx_int8_norm", "int8_reference", "vnni_int8_available", "vnni_int8_status",
-           "int8_kernel", "int8_kernel_available", "ACTIVATION_CODES", "activation_code", "kernel_ops", "probe_status",
-           "sibling_status"]
+           "amx_int8_linear", "run_amx_int8", "run_amx_int8_norm", "int8_reference", "vnni_int8_available",
+           "vnni_int8_status", "int8_kernel", "int8_kernel_available", "ACTIVATION_CODES", "activation_code",
+           "kernel_ops", "probe_status", "sibling_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product

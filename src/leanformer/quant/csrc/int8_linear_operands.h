@@ -32,7 +32,8 @@ struct Int8Linear {
     bool finite = true;
     for (int64_t m = m0; m < m0 + valid; ++m) {
       if (residual) norm_row(y + m * cols, residual + m * cols, norm_weight, norm_bias, cols, eps, y + m * cols);
-      if (quantize && !quantize_row(y + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
+      if (quantize &&
+          !quantize_row(y + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
         finite = false;
     }
     return finite;

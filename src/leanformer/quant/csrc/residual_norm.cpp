@@ -22,7 +22,8 @@
 #include "row_quant.h"
 
 // row_norm.h: one row, out = LayerNorm(x + r) with float32 two-pass moments (out may alias x)
-__attribute__((noinline)) void norm_row(const float* x, const float* r, const float* w, const float* b, int64_t n, float eps, float* out) {
+__attribute__((noinline)) void norm_row(const float* x, const float* r, const float* w, const float* b, int64_t n,
+                                        float eps, float* out) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < n; ++k) {
