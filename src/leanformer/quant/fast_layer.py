@@ -38,7 +38,7 @@ from torch.nn.modules import module as _module_hooks
 from transformers.models.bert.modeling_bert import BertAttention, BertLayer, BertSelfAttention
 
 from .attention import ATTENTION_NAME, _hf_attention
-from .int8_layer import int8_layer_plan, run_int8_layer
+from .int8_layer import _hooked, int8_layer_plan, run_int8_layer
 from .kernels import get_policy
 
 __all__ = ["FastBertLayer", "use_fast_layers_", "fast_layers_supported"]
@@ -55,10 +55,6 @@ def _params(fn) -> tuple:
 def fast_layers_supported() -> bool:
     """True when this transformers' BERT layer and self-attention have the call signatures the fast path copies."""
     return _params(BertLayer.forward) == _LAYER_PARAMS and _params(BertSelfAttention.forward) == _SELF_ATTENTION_PARAMS
-
-
-def _no_hooks(mod: nn.Module) -> bool:
-    return not (mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks)
 
 
 def _global_hooks() -> bool:
@@ -99,7 +95,7 @@ class FastBertLayer(BertLayer):
                 and type(attention) is BertAttention and type(sa) is BertSelfAttention
                 and not attention.is_cross_attention
                 and getattr(sa.config, "_attn_implementation", None) == ATTENTION_NAME
-                and _no_hooks(attention) and _no_hooks(sa) and not _global_hooks())
+                and not _hooked(attention) and not _hooked(sa) and not _global_hooks())
 
 
 def use_fast_layers_(model: nn.Module) -> list[str]:
