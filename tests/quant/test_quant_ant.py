@@ -115,6 +115,21 @@ def test_bad_input():
         ant_quantize(w, bits=4, types=("int", "posit"))
 
 
+@pytest.mark.parametrize("group,gran", [(None, "tensor"), (16, "channel"), (16, "group")])
+def test_search_does_not_depend_on_the_chunking(group, gran):
+    """Rows are searched a chunk at a time (memory); chunks of one row, of a prime count and of everything
+    give the same alphas, errors and choice, bit for bit."""
+    w = torch.randn(37, 48) ** 3
+    w[::4] = torch.rand(10, 48) - 0.5  # uniform rows beside heavy-tailed ones: more than one type in play
+    results = [ant_search(w, bits=4, group_size=group, granularity=gran, chunk_elems=elems)
+               for elems in (1, 7 * 48 + 5, 1 << 20)]
+    for other in results[1:]:
+        assert torch.equal(other.alpha, results[0].alpha) and torch.equal(other.mse, results[0].mse)
+        assert torch.equal(other.choice, results[0].choice)
+    with pytest.raises(ValueError, match="chunk_elems"):
+        ant_search(w, bits=4, chunk_elems=0)
+
+
 def test_bf16_weight_equals_its_fp32_copy():
     weight = torch.randn(6, 32).to(torch.bfloat16)
     a = ant_quantize(weight, bits=4, group_size=16)

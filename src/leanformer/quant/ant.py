@@ -223,8 +223,17 @@ class AntChoice:
 
 
 def ant_search(weight: torch.Tensor, *, bits: int, group_size: int | None = None, granularity: str = "tensor",
-               types: tuple[str, ...] = DEFAULT_TYPES, chunk_elems: int = 1 << 20) -> AntChoice:
-    """The type / alpha search of ``ant_quantize``, exposed for reports."""
+               types: tuple[str, ...] = DEFAULT_TYPES, chunk_elems: int = 1 << 16) -> AntChoice:
+    """The type / alpha search of ``ant_quantize``, exposed for reports.
+
+    Rows are searched ``chunk_elems`` weights at a time; each row's result does not depend on the chunking. Why
+    64K: every chunk makes a few dozen temporaries of its size (float64 per weight, and per row x alpha), and at
+    2**20 weights each is several MB, which glibc maps fresh and the kernel zero-fills page by page on every
+    allocation. At 2**16 they are reused from the heap: MiniLM's 37 weights searched in 1.52 s against 3.27 s
+    (Zen 4 VM, 1 thread; 2**15 1.6 s, 2**18 2.8 s).
+    """
+    if not isinstance(chunk_elems, int) or chunk_elems < 1:
+        raise ValueError(f"chunk_elems must be a positive int, got {chunk_elems!r}")
     check_weight(weight, bits, group_size)
     if not 3 <= bits <= 8:
         raise ValueError(f"ANT supports bits in 3..8, got {bits}")
