@@ -200,3 +200,93 @@ def test_the_norm_epilogue_names_bad_operands():
         run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual.double(), gamma, beta, 1e-5)
     with pytest.raises(RuntimeError, match="norm weight and bias"):
         run_amx_int8_norm(ops, xq, xs, packed, cs, b, residual, gamma[:16].contiguous(), beta, 1e-5)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 16, 64), (7, 48, 128), (9, 64, 64), (33, 32, 192), (70, 1536, 384)])
+@pytest.mark.parametrize("act", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_codes_only_product_gives_the_full_products_codes(m, n, k, act, bias):
+    from leanformer.quant.amx import amx_int8_available, run_amx_int8, run_amx_int8_codes
+
+    ops = native_ops()
+    xq, xs, packed, cs, b, *_ = _norm_operands(m, n, k, torch.Generator().manual_seed(m + n + k))
+    b = b if bias else None
+    codes, scale, finite = run_amx_int8_codes(ops, xq, xs, packed, cs, b, act)
+    _, want_codes, want_scale, want_finite = run_amx_int8(ops, xq, xs, packed, cs, b, act, True)
+    assert torch.equal(codes, want_codes) and torch.equal(scale, want_scale)
+    assert finite is want_finite is True
+    op = ops.amx_int8_linear_codes if amx_int8_available() else ops.vnni_int8_linear_codes
+    assert op(xq, xs, packed, cs, torch.empty(0) if b is None else b, act)[0].shape == (0, n)  # no float output
+
+
+def test_the_codes_only_product_reports_rows_that_are_not_finite():
+    from leanformer.quant.amx import run_amx_int8, run_amx_int8_codes
+
+    ops = native_ops()
+    xq, xs, packed, cs, b, *_ = _norm_operands(12, 32, 64, torch.Generator().manual_seed(7))
+    xs[5] = float("inf")  # row 5's sums rescale to inf or NaN
+    codes, scale, finite = run_amx_int8_codes(ops, xq, xs, packed, cs, b, 1)
+    _, want_codes, want_scale, want_finite = run_amx_int8(ops, xq, xs, packed, cs, b, 1, True)
+    assert finite is False and want_finite is False
+    rows = torch.arange(12) != 5
+    assert torch.equal(codes[rows], want_codes[rows]) and torch.equal(scale[rows], want_scale[rows])
+
+
+def test_an_intermediate_row_that_is_not_finite_runs_the_product_again_with_its_output(monkeypatch, taken):
+    from leanformer.quant import kernels
+
+    model = _bert(1)
+    quantize_(model, W8A8Config())
+    inter = model.encoder.layer[0].intermediate.dense
+    with torch.no_grad():
+        inter.bias[7] = float("inf")  # every row of the intermediate output holds an inf
+    full_calls = []
+    real = kernels.run_amx_int8
+    monkeypatch.setattr(kernels, "run_amx_int8", lambda *a: (full_calls.append(a[-2]), real(*a))[1])
+    fast = _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    assert len(taken) == 1 and full_calls.count(1) == 1  # the GELU product ran again, with its output
+    slow = _outputs(model, False, input_ids=IDS, attention_mask=MASK)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_query_key_and_value_run_as_one_stacked_product(monkeypatch, taken):
+    from leanformer.quant import amx
+
+    model = _bert(1)
+    quantize_(model, W8A8Config())
+    widths = []
+    real = int8_layer.run_amx_int8
+    monkeypatch.setattr(int8_layer, "run_amx_int8", lambda ops, xq, xs, packed, *a: (
+        widths.append(packed.shape[0] * amx.TILE_ROWS), real(ops, xq, xs, packed, *a))[1])
+    _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    assert widths == [3 * 64]
+
+
+def test_the_stacked_weight_follows_a_state_dict_loaded_into_one_of_the_three(taken):
+    model, donor = _bert(1), _bert(1)
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(torch.randn(p.shape, generator=GEN) * 0.05)
+    quantize_(model, W8A8Config())
+    quantize_(donor, W8A8Config())
+    before = _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    model.encoder.layer[0].attention.self.key.load_state_dict(donor.encoder.layer[0].attention.self.key.state_dict())
+    fast = _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    slow = _outputs(model, False, input_ids=IDS, attention_mask=MASK)
+    assert len(taken) == 2 and not torch.equal(fast[0], before[0])
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_a_key_without_bias_keeps_three_products(taken):
+    model = _bert(1)
+    quantize_(model, W8A8Config())
+    sa = model.encoder.layer[0].attention.self
+    sa.key._buffers["bias"] = None  # BERT variants without a key bias (e.g. some ports) still take the sequence
+    assert int8_layer._stacked_qkv_weight((sa.query, sa.key, sa.value)) is None
+    fast = _outputs(model, True, input_ids=IDS, attention_mask=MASK)
+    slow = _outputs(model, False, input_ids=IDS, attention_mask=MASK)
+    assert len(taken) == 1
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)

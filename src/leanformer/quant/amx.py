@@ -29,9 +29,9 @@ from .cpu_features import cpu_has
 from .native import native_built, native_ops, native_status, required_native_ops
 
 __all__ = ["TILE_ROWS", "TILE_DEPTH", "amx_int8_available", "amx_int8_status", "amx_shape_ok", "pack_amx_weight",
-           "amx_int8_linear", "run_amx_int8", "run_amx_int8_norm", "int8_reference", "vnni_int8_available",
-           "vnni_int8_status", "int8_kernel", "int8_kernel_available", "ACTIVATION_CODES", "activation_code",
-           "kernel_ops", "probe_status", "sibling_status"]
+           "amx_int8_linear", "run_amx_int8", "run_amx_int8_codes", "run_amx_int8_norm", "int8_reference",
+           "vnni_int8_available", "vnni_int8_status", "int8_kernel", "int8_kernel_available", "ACTIVATION_CODES",
+           "activation_code", "kernel_ops", "probe_status", "sibling_status"]
 
 TILE_ROWS = 16  # output columns per packed block (one B tile's width)
 TILE_DEPTH = 64  # K consumed by one tile product
@@ -92,6 +92,17 @@ def run_amx_int8(ops, xq, row_scale, packed, col_scale, bias, act: int, quantize
     out, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
                                        _NO_BIAS if bias is None else bias.contiguous(), act, quantize_output)
     return (out, codes, scale, bool(finite)) if quantize_output else out
+
+
+def run_amx_int8_codes(ops, xq, row_scale, packed, col_scale, bias, act: int):
+    """``run_amx_int8`` with ``quantize_output`` for a caller that needs only the output's per-token codes:
+    ``(codes, scale, finite)``, equal bit for bit to that call's. The kernel keeps each row block's floats in a
+    scratch block instead of writing the (M, N) float32 output. Where ``finite`` is False (a NaN or inf row) there
+    is no output to fall back on: the caller runs ``run_amx_int8`` for it."""
+    linear = ops.amx_int8_linear_codes if amx_int8_available() else ops.vnni_int8_linear_codes
+    _, codes, scale, finite = linear(xq.contiguous(), row_scale.contiguous(), packed, col_scale.contiguous(),
+                                     _NO_BIAS if bias is None else bias.contiguous(), act)
+    return codes, scale, bool(finite)
 
 
 def run_amx_int8_norm(ops, xq, row_scale, packed, col_scale, bias, residual, norm_weight, norm_bias, eps: float):

@@ -89,7 +89,6 @@ bool amx_product(const Int8Linear& io, int64_t activation) {
   std::atomic<bool> finite{true};
   const int8_t *ap = io.a, *bp = io.b;
   const float *rp = io.row_scale, *cp = io.col_scale, *biasp = io.bias;
-  float* op = io.y;
   const int64_t k_tiles = depth / kDepth, col_blocks = (cols + kBlock - 1) / kBlock;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock, units = row_blocks * col_blocks;
   const int64_t panel = depth * kRows;  // bytes of one packed 16-column block
@@ -102,6 +101,7 @@ bool amx_product(const Int8Linear& io, int64_t activation) {
     configure_tiles();  // tile configuration is per thread
     alignas(64) int32_t acc[kBlock * kBlock];
     std::vector<int8_t> padded;  // the last, partial row block, zero-filled to 32 rows
+    std::vector<float> scratch(io.codes_only ? kBlock * cols : 0);  // one row block's floats (codes_only)
     const int64_t first = whole_rows ? begin * col_blocks : begin, last = whole_rows ? end * col_blocks : end;
     for (int64_t u = first; u < last; ++u) {
       const int64_t m0 = (u / col_blocks) * kBlock, n0 = (u % col_blocks) * kBlock;
@@ -117,9 +117,10 @@ bool amx_product(const Int8Linear& io, int64_t activation) {
       const bool pair = n0 + kBlock <= cols;
       const int8_t* b0 = bp + (n0 / kRows) * panel;
       block_sums<Dot::kInt8>(a, depth, b0, b0 + panel, k_tiles, pair, acc);
+      float* rows_out = io.row_block(m0, scratch.data());
       rescale_block(acc, valid, pair ? 2 : 1, rp + m0, cp + n0, biasp ? biasp + n0 : nullptr, activation,
-                    op + m0 * cols + n0, cols);
-      if (finish && n0 + kBlock >= cols && !io.finish_rows(m0, valid)) finite = false;  // the row block is complete
+                    rows_out + n0, cols);
+      if (finish && n0 + kBlock >= cols && !io.finish_rows(m0, valid, rows_out)) finite = false;  // the block is done
     }
     _tile_release();
   });
@@ -140,6 +141,21 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
   const bool finite = amx_product(io, activation);
 #else
   TORCH_CHECK(false, "amx_int8_linear: ", amx_int8_status());
+  const bool finite = false;
+#endif
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+}
+
+// amx_int8_linear with `quantize` for a caller that wants only the codes, as vnni_int8_linear_codes: {out (0, N),
+// codes, scale, finite}
+std::vector<torch::Tensor> amx_int8_linear_codes(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                 const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                 const torch::Tensor& bias, int64_t activation) {
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, true, true);
+#ifdef LEANFORMER_HAVE_AMX
+  const bool finite = amx_product(io, activation);
+#else
+  TORCH_CHECK(false, "amx_int8_linear_codes: ", amx_int8_status());
   const bool finite = false;
 #endif
   return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};

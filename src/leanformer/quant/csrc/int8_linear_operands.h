@@ -21,19 +21,26 @@ struct Int8Linear {
   const float *residual = nullptr, *norm_weight = nullptr, *norm_bias = nullptr;
   float eps = 0.f;
   bool quantize = false;  // the codes and scales of each finished row are wanted
+  // only the codes and scales are wanted (check_int8_linear): each task writes its row block's floats to a scratch
+  // block of its own instead of `out`, which is empty
+  bool codes_only = false;
 
   // true when finish_rows has work: the kernels then hand each task whole rows
   bool finishes_rows() const { return quantize || residual != nullptr; }
 
-  // rows m0 .. m0 + valid of `out` hold their final sums: LayerNorm(out + residual) in place when a residual norm
-  // is attached (residual_layer_norm's bits), then their codes and scales when quantizing (quantize_rows' bits);
-  // false if a row holds a NaN or an inf
-  bool finish_rows(int64_t m0, int64_t valid) const {
+  // where the floats of the row block starting at row m0 go: `out`'s rows, or the task's scratch block (rows
+  // `cols` apart, as in `out`)
+  float* row_block(int64_t m0, float* scratch) const { return codes_only ? scratch : y + m0 * cols; }
+
+  // rows m0 .. m0 + valid hold their final sums in `block` (row_block's): LayerNorm(row + residual) in place when
+  // a residual norm is attached (residual_layer_norm's bits), then their codes and scales when quantizing
+  // (quantize_rows' bits); false if a row holds a NaN or an inf
+  bool finish_rows(int64_t m0, int64_t valid, float* block) const {
     bool finite = true;
     for (int64_t m = m0; m < m0 + valid; ++m) {
-      if (residual) norm_row(y + m * cols, residual + m * cols, norm_weight, norm_bias, cols, eps, y + m * cols);
-      if (quantize &&
-          !quantize_row(y + m * cols, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
+      float* row = block + (m - m0) * cols;
+      if (residual) norm_row(row, residual + m * cols, norm_weight, norm_bias, cols, eps, row);
+      if (quantize && !quantize_row(row, cols, codes.data_ptr<int8_t>() + m * cols, scale.data_ptr<float>() + m))
         finite = false;
     }
     return finite;
@@ -41,10 +48,14 @@ struct Int8Linear {
 };
 
 // xq (M, K) int8 contiguous, row_scale (M, 1), packed (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or
-// empty, activation 0 (none) or 1 (GELU): checked, with the outputs allocated
+// empty, activation 0 (none) or 1 (GELU): checked, with the outputs allocated. `codes_only` (with `quantize`):
+// the caller wants only the codes and scales, so `out` is (0, N) and the kernels keep each row block's floats in
+// a scratch block while they make its codes (a 576 x 1536 MiniLM FFN-in output is 3.5 MB of floats that the
+// next product never reads)
 inline Int8Linear check_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                     const torch::Tensor& packed, const torch::Tensor& col_scale,
-                                    const torch::Tensor& bias, int64_t activation, bool quantize) {
+                                    const torch::Tensor& bias, int64_t activation, bool quantize,
+                                    bool codes_only = false) {
   constexpr int64_t kCols = 16, kDepth = 64;
   TORCH_CHECK(xq.device().is_cpu() && xq.scalar_type() == torch::kInt8 && xq.dim() == 2 && xq.is_contiguous(),
               "xq: contiguous (M, K) int8 on CPU");
@@ -53,9 +64,10 @@ inline Int8Linear check_int8_linear(const torch::Tensor& xq, const torch::Tensor
                   packed.size(1) * kDepth == depth && packed.size(2) == kCols && packed.size(3) == kDepth,
               "packed: (N/16, K/64, 16, 64) int8 matching xq's K");
   TORCH_CHECK(activation == 0 || activation == 1, "activation: 0 (none) or 1 (GELU)");
+  TORCH_CHECK(quantize || !codes_only, "codes_only needs quantize");
   const int64_t cols = packed.size(0) * kCols;
   const bool has_bias = check_rescale_operands(rows, cols, row_scale, col_scale, bias);
-  Int8Linear io{rows, depth, cols, has_bias, torch::empty({rows, cols}, row_scale.options()),
+  Int8Linear io{rows, depth, cols, has_bias, torch::empty({codes_only ? 0 : rows, cols}, row_scale.options()),
                 torch::empty({quantize ? rows : 0, cols}, xq.options()),
                 torch::empty({quantize ? rows : 0, 1}, row_scale.options())};
   io.a = xq.data_ptr<int8_t>();
@@ -65,6 +77,7 @@ inline Int8Linear check_int8_linear(const torch::Tensor& xq, const torch::Tensor
   io.bias = has_bias ? bias.data_ptr<float>() : nullptr;
   io.y = io.out.data_ptr<float>();
   io.quantize = quantize;
+  io.codes_only = codes_only;
   return io;
 }
 

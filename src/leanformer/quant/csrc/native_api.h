@@ -13,6 +13,9 @@ std::string amx_int8_status();
 std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
                                            const torch::Tensor& bias, int64_t activation, bool quantize);
+std::vector<torch::Tensor> amx_int8_linear_codes(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                 const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                 const torch::Tensor& bias, int64_t activation);
 std::vector<torch::Tensor> amx_int8_linear_norm(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                                 const torch::Tensor& packed, const torch::Tensor& col_scale,
                                                 const torch::Tensor& bias, const torch::Tensor& residual,
@@ -25,6 +28,9 @@ std::string vnni_int8_status();
 std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                             const torch::Tensor& packed, const torch::Tensor& col_scale,
                                             const torch::Tensor& bias, int64_t activation, bool quantize);
+std::vector<torch::Tensor> vnni_int8_linear_codes(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                  const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                  const torch::Tensor& bias, int64_t activation);
 std::vector<torch::Tensor> vnni_int8_linear_norm(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                                  const torch::Tensor& packed, const torch::Tensor& col_scale,
                                                  const torch::Tensor& bias, const torch::Tensor& residual,

@@ -302,6 +302,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vnni_int8_ready", &vnni_int8_ready, "True when the AVX512-VNNI int8 product was built");
   m.def("vnni_int8_status", &vnni_int8_status, "why the AVX512-VNNI int8 product can or cannot run");
   m.def("vnni_int8_linear", &vnni_int8_linear, "int8 x packed int8 on AVX512-VNNI, rescale, bias, GELU, quantize (fused)");
+  m.def("amx_int8_linear_codes", &amx_int8_linear_codes, "amx_int8_linear's codes and scales only (no float output)");
+  m.def("vnni_int8_linear_codes", &vnni_int8_linear_codes, "vnni_int8_linear's codes and scales only (no float output)");
   m.def("amx_int8_linear_norm", &amx_int8_linear_norm, "amx_int8_linear, then LayerNorm(out + residual) and its codes per row (fused)");
   m.def("vnni_int8_linear_norm", &vnni_int8_linear_norm, "vnni_int8_linear, then LayerNorm(out + residual) and its codes per row (fused)");
   m.def("vnni_w4a8_linear", &vnni_w4a8_linear, "int8 x int4 (unpacked to int8 per call) on AVX512-VNNI, as vnni_int8_linear");

@@ -142,7 +142,6 @@ bool vnni_product(const Int8Linear& io, int64_t activation) {
   std::atomic<bool> finite{true};
   const int8_t *ap = io.a, *bp = io.b;
   const float *rp = io.row_scale, *cp = io.col_scale, *biasp = io.bias;
-  float* op = io.y;
   const int64_t panel = depth * kCols, steps = depth / 4;
   std::vector<__m512i> correction(col_blocks);
   at::parallel_for(0, col_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -156,6 +155,7 @@ bool vnni_product(const Int8Linear& io, int64_t activation) {
   const int64_t units = whole_rows ? row_blocks : row_blocks * groups;
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> au(kMr * depth);
+    std::vector<float> scratch(io.codes_only ? kMr * cols : 0);  // one row block's floats (codes_only)
     int64_t converted = -1;  // the row block held in `au`
     const int64_t first = whole_rows ? begin * groups : begin, last = whole_rows ? end * groups : end;
     for (int64_t u = first; u < last; ++u) {
@@ -174,10 +174,11 @@ bool vnni_product(const Int8Linear& io, int64_t activation) {
       for (int j = 0; j < nv; ++j) panels[j] = bp + (g * kNv + j) * panel;
       const __m512i* corr = correction.data() + g * kNv;
       const float* bias_g = biasp ? biasp + n0 : nullptr;
-      float* out_g = op + m0 * cols + n0;
+      float* rows_out = io.row_block(m0, scratch.data());
+      float* out_g = rows_out + n0;
       if (nv == 2) block<2>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
       else block<1>(au.data(), depth, panels, corr, valid, rp + m0, cp + n0, bias_g, activation, out_g, cols);
-      if (finish && g == groups - 1 && !io.finish_rows(m0, valid)) finite = false;  // the row block is complete
+      if (finish && g == groups - 1 && !io.finish_rows(m0, valid, rows_out)) finite = false;  // the block is done
     }
   });
   return finite.load();
@@ -197,6 +198,23 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
   const bool finite = vnni_product(io, activation);
 #else
   TORCH_CHECK(false, "vnni_int8_linear: ", vnni_int8_status());
+  const bool finite = false;
+#endif
+  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+}
+
+// vnni_int8_linear with `quantize` for a caller that wants only the codes: {out (0, N), codes (M, N) int8, scale
+// (M, 1), finite}, the codes and scales equal bit for bit to vnni_int8_linear's. Each task keeps its row block's
+// floats in a scratch block instead of writing them out.
+std::vector<torch::Tensor> vnni_int8_linear_codes(const torch::Tensor& xq, const torch::Tensor& row_scale,
+                                                  const torch::Tensor& packed, const torch::Tensor& col_scale,
+                                                  const torch::Tensor& bias, int64_t activation) {
+  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, true, true);
+  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+#ifdef LEANFORMER_HAVE_VNNI
+  const bool finite = vnni_product(io, activation);
+#else
+  TORCH_CHECK(false, "vnni_int8_linear_codes: ", vnni_int8_status());
   const bool finite = false;
 #endif
   return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
