@@ -1,4 +1,6 @@
 """Native quantization CPU ops (W8A8, int4 batch paths) vs the eager reference: bit-identical; safe fallback."""
+import os
+
 import pytest
 import torch
 
@@ -39,9 +41,20 @@ def test_quantize_rows_reports_non_finite_and_dispatch_falls_back(ops):
     codes, scale = kernels.quantize_activations(x)  # the eager path's behaviour, whatever it is
     ref_codes, ref_scale = kernels.quantize_per_token(x)
     assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
-    strided = _rows(5, 32, 1)[:, ::2]  # non-contiguous: eager path, same result
+    strided = _rows(5, 32, 1)[:, ::2]  # non-contiguous (the pooler's first-token rows): the native op on a copy
     assert all(torch.equal(a, b) for a, b in zip(kernels.quantize_activations(strided),
                                                  kernels.quantize_per_token(strided)))
+
+
+def test_a_strided_view_is_quantized_by_the_native_op(ops, monkeypatch):
+    eager = []
+    real = kernels.quantize_per_token
+    monkeypatch.setattr(kernels, "quantize_per_token", lambda x: eager.append(1) or real(x))
+    rows = _rows(6, 3 * 64, 2).view(6, 3, 64)[:, 0]  # (6, 64) every third block of 64, as hidden[:, 0] is
+    codes, scale = kernels.quantize_activations(rows)
+    assert not eager
+    ref_codes, ref_scale = real(rows)
+    assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -166,3 +179,17 @@ def test_codebook_dequant_rejects_bad_ids(ops):
         ops.dequant_codebook_planar(planar, table, torch.tensor([[0], [3]], dtype=torch.int32), scale, False)
     with pytest.raises(RuntimeError, match="table"):
         ops.dequant_codebook_planar(planar, torch.zeros(3, 8), torch.zeros(2, 1, dtype=torch.int32), scale, False)
+
+
+def test_the_kernels_run_on_torchs_intra_op_threads(ops):
+    """The build must compile at::parallel_for as parallel (-fopenmp) and on torch's own OpenMP runtime, so that
+    torch.set_num_threads governs it; before 2026-12-07 every native kernel ran on one core."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert ops.parallel_threads_used(64) == 1
+        if (os.cpu_count() or 1) >= 2:
+            torch.set_num_threads(2)
+            assert ops.parallel_threads_used(64) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -338,9 +338,11 @@ def native_ops_for(x2: torch.Tensor):
 
 def quantize_activations(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize_per_token``, through the fused native op when it applies (bit-identical results)."""
-    ops = native_ops_for(x2) if x2.dtype == torch.float32 and x2.is_contiguous() else None
+    ops = native_ops_for(x2) if x2.dtype == torch.float32 else None
     if ops is not None:
-        codes, scale, finite = ops.quantize_rows(x2)
+        # a strided view (e.g. the pooler's first-token rows) is copied: 32 x 384 floats cost ~1 us, the eager
+        # path ~175 us (MiniLM, Zen 4)
+        codes, scale, finite = ops.quantize_rows(x2.contiguous())
         if finite:  # NaN / inf rows: keep the eager path's exact behaviour rather than define a new one
             return codes, scale
     return quantize_per_token(x2)

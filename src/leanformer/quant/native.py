@@ -102,7 +102,10 @@ def _build():
         notice.start()
         try:
             return load(name=_extension_name(), sources=[str(p) for p in _SOURCES],
-                        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd"], verbose=False)
+                        # -fopenmp: at::parallel_for in the kernels is serial without it; with it, ATen's header
+                        # uses the OpenMP runtime torch has loaded (the GOMP symbols stay undefined in the .so and
+                        # bind to it), so torch.set_num_threads governs the kernels' threads too
+                        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"], verbose=False)
         finally:
             notice.cancel()
     except Exception as exc:  # no compiler, no ninja, unsupported platform: the eager path is always there

@@ -288,7 +288,25 @@ torch::Tensor group_sq_err(const torch::Tensor& w, const torch::Tensor& scale, c
   return err;
 }
 
+// How many threads at::parallel_for used for `tasks` one-item tasks: the build's check that the kernels really run on
+// torch's intra-op threads. at::parallel_for runs serially unless the extension is compiled with -fopenmp (ATen's
+// header then uses the OpenMP runtime torch itself loaded, so torch.set_num_threads governs it); the kernels were
+// built without it until 2026-12-07 and ran on one core whatever the setting.
+int64_t parallel_threads_used(int64_t tasks) {
+  TORCH_CHECK(tasks > 0, "tasks must be positive");
+  std::vector<std::atomic<bool>> seen(static_cast<size_t>(std::max(at::get_num_threads(), 1)));
+  for (auto& flag : seen) flag = false;
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    const int64_t tid = at::get_thread_num();
+    if (tid >= 0 && tid < static_cast<int64_t>(seen.size())) seen[tid] = true;
+  });
+  int64_t used = 0;
+  for (const auto& flag : seen) used += flag ? 1 : 0;
+  return used;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("parallel_threads_used", &parallel_threads_used, "threads at::parallel_for used for n one-item tasks");
   m.def("dequant_int4_planar", &dequant_int4_planar, "group-planar int4 codes -> scaled weight (fused)");
   m.def("dequant_codebook_planar", &dequant_codebook_planar, "group-planar codebook codes (ANT) -> scaled weight (fused)");
   m.def("bf16_to_float_add", &bf16_to_float_add, "bf16 GEMM result -> float32 + bias (fused)");
