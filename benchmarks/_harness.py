@@ -59,6 +59,10 @@ class Rows:
     """Collects benchmark rows and writes them as long-format CSV."""
 
     def __init__(self, area: str):
+        # checked here, before a benchmark runs, not when its results are written at the end
+        if not area or Path(area).name != area or area.endswith(".csv"):
+            raise ValueError(f"results name {area!r}: give a file name for benchmarks/results/, without a directory "
+                             "or .csv (e.g. quant_t2)")
         self.area = area
         self.rows: list[dict] = []
 

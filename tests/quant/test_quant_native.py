@@ -188,8 +188,10 @@ def test_the_kernels_run_on_torchs_intra_op_threads(ops):
     try:
         torch.set_num_threads(1)
         assert ops.parallel_threads_used(64) == 1
+        assert native_status() == "loaded, kernels on 1 of torch's 1 threads"
         if (os.cpu_count() or 1) >= 2:
             torch.set_num_threads(2)
             assert ops.parallel_threads_used(64) == 2
+            assert native_status() == "loaded, kernels on 2 of torch's 2 threads"
     finally:
         torch.set_num_threads(before)

@@ -89,7 +89,12 @@ def native_status() -> str:
         return "off (LEANFORMER_NATIVE=0 or set_policy(native=False))"
     if "ops" not in _STATE:
         return "not built yet (built on first use: a quantized batch forward or a clip search on CPU)"
-    return "loaded" if _STATE["ops"] is not None else f"unavailable: {_STATE.get('error')}"
+    ops = _STATE["ops"]
+    if ops is None:
+        return f"unavailable: {_STATE.get('error')}"
+    # the kernels run on torch's intra-op threads only in a build with -fopenmp (see _build)
+    used = ops.parallel_threads_used(64) if hasattr(ops, "parallel_threads_used") else 1
+    return f"loaded, kernels on {used} of torch's {torch.get_num_threads()} threads"
 
 
 def _build():
