@@ -221,3 +221,36 @@ def test_a_pickled_model_runs_in_a_fresh_process(tmp_path):
             "assert torch.equal(got, d['want']), (got - d['want']).abs().max()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool, torch.int32])
+def test_the_padding_mask_is_sdpa_masks_broadcast(dtype):
+    from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, sdpa_mask
+
+    gen = torch.Generator().manual_seed(4)
+    for b, kv in ((5, 21), (1, 7), (3, 1)):
+        lengths = torch.randint(0, kv + 1, (b,), generator=gen)
+        lengths[0] = kv - 1 if kv > 1 else 0  # at least one padded key
+        mask = (torch.arange(kv)[None, :] < lengths[:, None]).to(dtype)
+        args = dict(batch_size=b, q_length=kv, kv_length=kv, mask_function=bidirectional_mask_function,
+                    attention_mask=mask, allow_is_causal_skip=False, allow_is_bidirectional_skip=True)
+        got, want = attn.padding_mask(**args), sdpa_mask(**args)
+        assert got.shape == (b, 1, 1, kv) and torch.equal(got.expand(want.shape), want)
+        for other in (dict(args, mask_function=causal_mask_function), dict(args, attention_mask=torch.ones_like(mask)),
+                      dict(args, local_size=4), dict(args, attention_mask=None)):
+            a, e = attn.padding_mask(**other), sdpa_mask(**other)  # anything else is sdpa_mask's own answer
+            assert (a is None and e is None) or torch.equal(a, e)
+
+
+def test_the_padding_mask_gives_the_expanded_masks_outputs(monkeypatch):
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    model = _bert()
+    quantize_(model, W8A8Config())
+    assert model.config._attn_implementation == ATTENTION_NAME
+    calls = _count_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        got = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+        monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, ATTENTION_NAME, sdpa_mask)
+        want = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    assert [c for c in calls] and torch.equal(got, want)

@@ -23,7 +23,7 @@ from torch import nn
 from .native import native_ops, required_native_ops
 
 __all__ = ["ATTENTION_NAME", "MAX_KEYS", "ABS_BOUND", "short_attention", "reference_attention", "use_short_attention_",
-           "short_attention_applies", "register_attention"]
+           "short_attention_applies", "register_attention", "padding_mask"]
 
 ATTENTION_NAME = "leanformer_short"  # the attention implementation name registered with transformers
 MAX_KEYS = 256  # longer sequences keep torch's flash kernel, which tiles the keys
@@ -88,15 +88,38 @@ def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.
                                   **kwargs)
 
 
+def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                 mask_function=None, attention_mask: torch.Tensor | None = None, local_size: int | None = None,
+                 **kwargs):
+    """The mask function registered with the name: transformers' ``sdpa_mask``, except for an encoder's plain
+    padding mask (bidirectional, no offsets or local window, a (B, KV) 0/1 or bool mask that masks something),
+    which it returns as (B, 1, 1, KV) bool instead of expanding to (B, 1, Q, KV): the same mask for every query
+    row, which ``short_attention`` and torch's SDPA both broadcast. Why: ``sdpa_mask`` evaluates the mask
+    function per (query, key) pair, ~0.2 ms of a 38 ms batch-32 W8A8 MiniLM forward on the Zen 4 VM. Everything
+    else, including a mask that masks nothing (which ``sdpa_mask`` may drop), goes to ``sdpa_mask`` unchanged."""
+    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
+
+    if (mask_function is bidirectional_mask_function and local_size is None and q_offset == 0 and kv_offset == 0
+            and not kwargs.get("use_vmap", False) and attention_mask is not None and attention_mask.dim() == 2
+            and tuple(attention_mask.shape) == (batch_size, kv_length)
+            and attention_mask.dtype in (torch.bool, torch.int64, torch.int32)):
+        keep = attention_mask.bool()  # (B, KV)
+        if not bool(keep.all()):
+            return keep[:, None, None, :]  # (B, 1, 1, KV)
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask,
+                     local_size=local_size, **kwargs)
+
+
 def register_attention() -> None:
     """Add the name to transformers' attention and mask registries (once; other names are untouched). The mask
-    is built as for SDPA: a custom name without a mask function would get no padding mask at all."""
+    is built as for SDPA (``padding_mask``): a custom name without a mask function would get no padding mask."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     if ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionInterface.register(ATTENTION_NAME, _hf_attention)
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+        AttentionMaskInterface.register(ATTENTION_NAME, padding_mask)
 
 
 def use_short_attention_(model: nn.Module) -> bool:

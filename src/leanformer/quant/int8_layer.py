@@ -138,19 +138,20 @@ def _query_key_value(ops, sa: nn.Module, xq, xs, batch: int, seq: int):
     (``_stacked_qkv_weight``; the same sums, scales and bias per column, so the same bits as three products, and
     1.05x faster on MiniLM's 576 x 384 -> 3 x 384); W4A8 runs the three."""
     mods = (sa.query, sa.key, sa.value)
-    packed = _stacked_qkv_weight(mods)
-    if packed is None:
+    stacked = _stacked_qkv_weight(mods)
+    if stacked is None:
         return [_amx_int8_product(ops, m, xq, xs, m.bias, 0, False).view(batch, seq, -1, sa.attention_head_size)
                 for m in mods]
-    scale = torch.cat([_w8a8_scale(m).view(-1) for m in mods])  # (3N,), read per call as the module path does
-    bias = None if mods[0].bias is None else torch.cat([m.bias for m in mods])
+    packed, scale = stacked
+    bias = None if mods[0].bias is None else torch.cat([m.bias for m in mods])  # read per call, as the modules do
     y = run_amx_int8(ops, xq, xs, packed, scale, bias, 0, False)  # (M, 3N)
     return y.view(batch, seq, 3, -1, sa.attention_head_size).unbind(2)
 
 
-def _stacked_qkv_weight(mods) -> torch.Tensor | None:
-    """The query, key and value W8A8 weights stacked as one (3N, K) weight in the fused kernels' layout, held in
-    the query module's kernel cache; None unless all three are W8A8 with a bias each or none.
+def _stacked_qkv_weight(mods) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The query, key and value W8A8 weights stacked as one (3N, K) weight in the fused kernels' layout, and their
+    (3N,) float32 scales (each module's ``_w8a8_scale``, itself a kernel-cache entry), held in the query module's
+    kernel cache; None unless all three are W8A8 with a bias each or none.
 
     It stays valid exactly as long as each module's own cached layouts would: the key and value modules each hold
     a token in their kernel cache, and the stacked weight is rebuilt when either token is not the one it was made
@@ -160,7 +161,8 @@ def _stacked_qkv_weight(mods) -> torch.Tensor | None:
     tokens = tuple(m._cache.setdefault(_QKV_TOKEN, object()) for m in mods[1:])
     entry = mods[0]._cache.get(_QKV_STACKED)
     if entry is None or any(a is not b for a, b in zip(entry[0], tokens)):
-        entry = (tokens, pack_amx_weight(torch.cat([m.qweight for m in mods])))  # (3N/16, K/64, 16, 64)
+        packed = pack_amx_weight(torch.cat([m.qweight for m in mods]))  # (3N/16, K/64, 16, 64)
+        entry = (tokens, (packed, torch.cat([_w8a8_scale(m).view(-1) for m in mods])))
         mods[0]._cache[_QKV_STACKED] = entry
     return entry[1]
 
