@@ -195,3 +195,14 @@ def test_the_kernels_run_on_torchs_intra_op_threads(ops):
             assert native_status() == "loaded, kernels on 2 of torch's 2 threads"
     finally:
         torch.set_num_threads(before)
+
+
+def test_openmp_only_where_torch_threads_are_openmp(monkeypatch):
+    monkeypatch.setattr(native.sys, "platform", "linux")
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
+    assert native._parallel_flag() == "-fopenmp"
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: native thread pool\n")
+    assert native._parallel_flag() == "-fopenmp-simd"  # OpenMP threads would not be torch's
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
+    monkeypatch.setattr(native.sys, "platform", "darwin")
+    assert native._parallel_flag() == "-fopenmp-simd"  # Apple clang has no -fopenmp

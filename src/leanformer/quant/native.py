@@ -97,6 +97,15 @@ def native_status() -> str:
     return f"loaded, kernels on {used} of torch's {torch.get_num_threads()} threads"
 
 
+def _parallel_flag() -> str:
+    """-fopenmp where torch's own intra-op threads are OpenMP's (Linux wheels): at::parallel_for in the kernels
+    compiles to a serial call without it, and with it ATen's header uses the OpenMP runtime torch has loaded (the
+    GOMP symbols stay undefined in the extension and bind to it), so torch.set_num_threads governs the kernels too.
+    Elsewhere (torch's native thread pool, a compiler without OpenMP such as Apple clang) only the simd pragmas."""
+    parallel_openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return "-fopenmp" if parallel_openmp and sys.platform.startswith("linux") else "-fopenmp-simd"
+
+
 def _build():
     try:
         from torch.utils.cpp_extension import load
@@ -107,10 +116,7 @@ def _build():
         notice.start()
         try:
             return load(name=_extension_name(), sources=[str(p) for p in _SOURCES],
-                        # -fopenmp: at::parallel_for in the kernels is serial without it; with it, ATen's header
-                        # uses the OpenMP runtime torch has loaded (the GOMP symbols stay undefined in the .so and
-                        # bind to it), so torch.set_num_threads governs the kernels' threads too
-                        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"], verbose=False)
+                        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", _parallel_flag()], verbose=False)
         finally:
             notice.cancel()
     except Exception as exc:  # no compiler, no ninja, unsupported platform: the eager path is always there
