@@ -129,6 +129,18 @@ bool amx_product(const Int8Linear& io, int64_t activation) {
 }  // namespace
 #endif
 
+namespace {
+// io's product on AMX tiles, as the ops return it; `op` names the op in the error of a build without AMX
+std::vector<torch::Tensor> run_amx(const Int8Linear& io, int64_t activation, const char* op) {
+#ifdef LEANFORMER_HAVE_AMX
+  return io.outputs(amx_product(io, activation));
+#else
+  TORCH_CHECK(false, op, ": ", amx_int8_status());
+  return {};
+#endif
+}
+}  // namespace
+
 // xq (M, K) int8 contiguous, row_scale (M, 1) float32, packed (N/16, K/64, 16, 64) int8, col_scale (N,) float32,
 // bias (N,) float32 or empty, activation (0 none, 1 GELU), quantize ->
 //   {out (M, N) float32, and when `quantize`: codes (M, N) int8, scale (M, 1), finite (bool)}, the codes being
@@ -136,14 +148,8 @@ bool amx_product(const Int8Linear& io, int64_t activation) {
 std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                            const torch::Tensor& packed, const torch::Tensor& col_scale,
                                            const torch::Tensor& bias, int64_t activation, bool quantize) {
-  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
-#ifdef LEANFORMER_HAVE_AMX
-  const bool finite = amx_product(io, activation);
-#else
-  TORCH_CHECK(false, "amx_int8_linear: ", amx_int8_status());
-  const bool finite = false;
-#endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+  return run_amx(check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize), activation,
+                 "amx_int8_linear");
 }
 
 // amx_int8_linear with `quantize` for a caller that wants only the codes, as vnni_int8_linear_codes: {out (0, N),
@@ -151,14 +157,8 @@ std::vector<torch::Tensor> amx_int8_linear(const torch::Tensor& xq, const torch:
 std::vector<torch::Tensor> amx_int8_linear_codes(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                                  const torch::Tensor& packed, const torch::Tensor& col_scale,
                                                  const torch::Tensor& bias, int64_t activation) {
-  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, true, true);
-#ifdef LEANFORMER_HAVE_AMX
-  const bool finite = amx_product(io, activation);
-#else
-  TORCH_CHECK(false, "amx_int8_linear_codes: ", amx_int8_status());
-  const bool finite = false;
-#endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+  return run_amx(check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, true, true), activation,
+                 "amx_int8_linear_codes");
 }
 
 // amx_int8_linear without activation, then LayerNorm(out + residual) on each finished row and its codes, as
@@ -170,13 +170,7 @@ std::vector<torch::Tensor> amx_int8_linear_norm(const torch::Tensor& xq, const t
                                                 double eps) {
   Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, 0, true);
   attach_residual_norm(io, residual, weight, norm_bias, eps);
-#ifdef LEANFORMER_HAVE_AMX
-  const bool finite = amx_product(io, 0);
-#else
-  TORCH_CHECK(false, "amx_int8_linear_norm: ", amx_int8_status());
-  const bool finite = false;
-#endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+  return run_amx(io, 0, "amx_int8_linear_norm");
 }
 
 // x (M, N) float32 contiguous: GELU in place with the AMX and VNNI kernels' epilogue function (for tests)

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "rescale_operands.h"
 #include "row_norm.h"
@@ -24,6 +25,11 @@ struct Int8Linear {
   // only the codes and scales are wanted (check_int8_linear): each task writes its row block's floats to a scratch
   // block of its own instead of `out`, which is empty
   bool codes_only = false;
+
+  // an op's return value: {out, codes, scale, finite}
+  std::vector<torch::Tensor> outputs(bool finite) const {
+    return {out, codes, scale, torch::scalar_tensor(finite, torch::kBool)};
+  }
 
   // true when finish_rows has work: the kernels then hand each task whole rows
   bool finishes_rows() const { return quantize || residual != nullptr; }

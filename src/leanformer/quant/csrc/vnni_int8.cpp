@@ -186,21 +186,27 @@ bool vnni_product(const Int8Linear& io, int64_t activation) {
 }  // namespace
 #endif
 
+namespace {
+// io's product on the VNNI kernel, as the ops return it; `op` names the op in the error of a build without VNNI
+std::vector<torch::Tensor> run_vnni(const Int8Linear& io, int64_t activation, const char* op) {
+  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
+#ifdef LEANFORMER_HAVE_VNNI
+  return io.outputs(vnni_product(io, activation));
+#else
+  TORCH_CHECK(false, op, ": ", vnni_int8_status());
+  return {};
+#endif
+}
+}  // namespace
+
 // The same operands and outputs as amx_int8_linear (amx_int8.cpp): xq (M, K) int8, row_scale (M, 1), packed
 // (N/16, K/64, 16, 64) int8, col_scale (N,), bias (N,) or empty, activation (0 none, 1 GELU), quantize ->
 // {out (M, N) float32, codes (M, N) int8, scale (M, 1), finite} (the last three empty / true without `quantize`)
 std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                             const torch::Tensor& packed, const torch::Tensor& col_scale,
                                             const torch::Tensor& bias, int64_t activation, bool quantize) {
-  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize);
-  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
-#ifdef LEANFORMER_HAVE_VNNI
-  const bool finite = vnni_product(io, activation);
-#else
-  TORCH_CHECK(false, "vnni_int8_linear: ", vnni_int8_status());
-  const bool finite = false;
-#endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+  return run_vnni(check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, quantize), activation,
+                  "vnni_int8_linear");
 }
 
 // vnni_int8_linear with `quantize` for a caller that wants only the codes: {out (0, N), codes (M, N) int8, scale
@@ -209,15 +215,8 @@ std::vector<torch::Tensor> vnni_int8_linear(const torch::Tensor& xq, const torch
 std::vector<torch::Tensor> vnni_int8_linear_codes(const torch::Tensor& xq, const torch::Tensor& row_scale,
                                                   const torch::Tensor& packed, const torch::Tensor& col_scale,
                                                   const torch::Tensor& bias, int64_t activation) {
-  Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, true, true);
-  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
-#ifdef LEANFORMER_HAVE_VNNI
-  const bool finite = vnni_product(io, activation);
-#else
-  TORCH_CHECK(false, "vnni_int8_linear_codes: ", vnni_int8_status());
-  const bool finite = false;
-#endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+  return run_vnni(check_int8_linear(xq, row_scale, packed, col_scale, bias, activation, true, true), activation,
+                  "vnni_int8_linear_codes");
 }
 
 // vnni_int8_linear without activation, then LayerNorm(out + residual) with weight, bias and eps on each finished
@@ -229,13 +228,6 @@ std::vector<torch::Tensor> vnni_int8_linear_norm(const torch::Tensor& xq, const 
                                                  const torch::Tensor& weight, const torch::Tensor& norm_bias,
                                                  double eps) {
   Int8Linear io = check_int8_linear(xq, row_scale, packed, col_scale, bias, 0, true);
-  TORCH_CHECK(io.depth < (1 << 16), "K must be below 65536 (int32 sums of the unsigned-shifted activations)");
   attach_residual_norm(io, residual, weight, norm_bias, eps);
-#ifdef LEANFORMER_HAVE_VNNI
-  const bool finite = vnni_product(io, 0);
-#else
-  TORCH_CHECK(false, "vnni_int8_linear_norm: ", vnni_int8_status());
-  const bool finite = false;
-#endif
-  return {io.out, io.codes, io.scale, torch::scalar_tensor(finite, torch::kBool)};
+  return run_vnni(io, 0, "vnni_int8_linear_norm");
 }
