@@ -16,10 +16,9 @@ the int8 GEMM itself (docs/quant.md). After fusion:
   between still gets a correct preparation.
 
 The prepared inputs are bit-identical to preparing the GELU output separately. The GELU is not bit-identical
-to ``F.gelu``: the kernels compute erf as a rational function (``csrc/gelu_avx512.h``), torch from an exp,
-so values differ by at most ``GELU_ABS_BOUND`` (tested);
-kernels other than the AMX ones apply ``F.gelu`` after the product, so fusing never changes which formula a
-CPU without AMX runs. Fusion is recorded in the checkpoint (module specs) and comes back at load.
+to ``F.gelu``: the fused int8 kernels (AMX or AVX512-VNNI) and the AMX int4 kernels evaluate it as a piecewise
+polynomial (``csrc/gelu_avx512.h``), torch's erf comes from an exp, so values differ by at most ``GELU_ABS_BOUND``
+(tested); the other paths apply ``F.gelu`` after the product, so there fusing does not change the formula. Fusion is recorded in the checkpoint (module specs) and comes back at load.
 
 Which blocks: a module with a ``dense`` ``QuantizedLinear`` (W8A8 or weight-only integer, no codebook) and an
 ``intermediate_act_fn`` that is the exact GELU, the forward of transformers' ``*Intermediate`` classes (BERT,
