@@ -32,7 +32,9 @@ def _bert(layers=2):
 
 @pytest.fixture
 def taken(monkeypatch):
-    """The layers that ran the int8 sequence, in call order."""
+    """The layers that ran the int8 sequence, in call order (with the whole-encoder call, which would take W8A8
+    encoders from it, switched off: test_quant_int8_encoder.py tests that one)."""
+    set_policy(int8_encoder=False)
     calls = []
     real = int8_layer.run_int8_layer
     monkeypatch.setattr(fast_layer, "run_int8_layer", lambda plan, *a: (calls.append(plan), real(plan, *a))[1])

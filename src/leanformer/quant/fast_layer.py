@@ -35,17 +35,21 @@ import inspect
 import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
-from transformers.models.bert.modeling_bert import BertAttention, BertLayer, BertSelfAttention
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+from transformers.models.bert.modeling_bert import BertAttention, BertEncoder, BertLayer, BertSelfAttention
 
 from .attention import ATTENTION_NAME, _hf_attention
+from .int8_encoder import run_int8_encoder
 from .int8_layer import _hooked, int8_layer_plan, run_int8_layer
 from .kernels import get_policy
 
-__all__ = ["FastBertLayer", "use_fast_layers_", "fast_layers_supported"]
+__all__ = ["FastBertLayer", "FastBertEncoder", "use_fast_layers_", "fast_layers_supported"]
 
 _LAYER_PARAMS = ("self", "hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "cache",
                  "kwargs")
 _SELF_ATTENTION_PARAMS = ("self", "hidden_states", "attention_mask", "cache", "kwargs")
+_ENCODER_PARAMS = ("self", "hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
+                   "cache", "use_cache", "kwargs")
 
 
 def _params(fn) -> tuple:
@@ -55,6 +59,11 @@ def _params(fn) -> tuple:
 def fast_layers_supported() -> bool:
     """True when this transformers' BERT layer and self-attention have the call signatures the fast path copies."""
     return _params(BertLayer.forward) == _LAYER_PARAMS and _params(BertSelfAttention.forward) == _SELF_ATTENTION_PARAMS
+
+
+def fast_encoder_supported() -> bool:
+    """True when this transformers' BERT encoder has the call signature ``FastBertEncoder`` copies."""
+    return fast_layers_supported() and _params(BertEncoder.forward) == _ENCODER_PARAMS
 
 
 def _global_hooks() -> bool:
@@ -98,15 +107,38 @@ class FastBertLayer(BertLayer):
                 and not _hooked(attention) and not _hooked(sa) and not _global_hooks())
 
 
+class FastBertEncoder(BertEncoder):
+    """A ``BertEncoder`` that runs its layers in one native call (``int8_encoder.run_int8_encoder``) where every
+    layer would run ``run_int8_layer`` on W8A8 weights; otherwise, or with anything beyond a plain encoder call
+    (cache, cross-attention, extra keyword arguments, hooks on a layer), the stock loop over the layers."""
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                cache=None, use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPastAndCrossAttentions:
+        if (encoder_hidden_states is None and encoder_attention_mask is None and cache is None and not use_cache
+                and all(value is None or value is False for value in kwargs.values())):
+            layers = self._modules["layer"]
+            if all(type(layer) is FastBertLayer for layer in layers):
+                out = run_int8_encoder(layers, hidden_states, attention_mask)
+                if out is not None:
+                    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=out, cache=None)
+        return super().forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                               cache=cache, use_cache=use_cache, **kwargs)
+
+
 def use_fast_layers_(model: nn.Module) -> list[str]:
-    """Turn every ``BertLayer`` of ``model`` (exactly that class) into a ``FastBertLayer``, in place, when the
-    model runs leanformer's short attention and transformers' signatures match; returns the layers' names."""
+    """Turn every ``BertLayer`` of ``model`` (exactly that class) into a ``FastBertLayer``, and every
+    ``BertEncoder`` into a ``FastBertEncoder``, in place, when the model runs leanformer's short attention and
+    transformers' signatures match; returns the layers' names."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != ATTENTION_NAME or not fast_layers_supported():
         return []
     names = []
+    encoders = fast_encoder_supported()
     for name, mod in model.named_modules():
-        if type(mod) is BertLayer:
+        if type(mod) is BertEncoder and encoders:
+            mod.__class__ = FastBertEncoder
+        elif type(mod) is BertLayer:
             mod.__class__ = FastBertLayer
             names.append(name)
         elif type(mod) is FastBertLayer:

@@ -90,6 +90,9 @@ class KernelPolicy:
     # ... and those whose every Linear runs the fused int8 kernel (W8A8 / W4A8, fuse=True) run as one sequence of
     # native calls without the modules' Python dispatch (int8_layer.py): bit-identical
     int8_layers: bool = True
+    # ... and a BERT encoder whose every layer would take that sequence with W8A8 weights runs all of them in one
+    # native call (int8_encoder.py): bit-identical
+    int8_encoder: bool = True
 
 
 _POLICY = KernelPolicy()

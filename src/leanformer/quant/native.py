@@ -31,7 +31,8 @@ __all__ = ["native_ops", "required_native_ops", "native_status", "native_built"]
 _SOURCES = [Path(__file__).parent / "csrc" / name for name in ("quant_cpu.cpp", "amx_int8.cpp", "amx_w4.cpp",
                                                                    "short_attention.cpp", "residual_norm.cpp",
                                                                    "embedding_rows.cpp", "w4a8_unpack.cpp",
-                                                                   "vnni_int8.cpp", "ant_search.cpp")]
+                                                                   "vnni_int8.cpp", "ant_search.cpp",
+                                                                   "int8_encoder.cpp")]
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "ops" -> loaded module or None; "error" -> why it is None
 

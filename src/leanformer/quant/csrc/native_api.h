@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+// quant_cpu.cpp
+std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x);
 // amx_int8.cpp
 bool amx_int8_ready();
 std::string amx_int8_status();
@@ -73,3 +75,7 @@ std::vector<torch::Tensor> ant_alpha_events(const torch::Tensor& r, const torch:
                                             const torch::Tensor& t_pos, const torch::Tensor& v_pos,
                                             const torch::Tensor& t_neg, const torch::Tensor& v_neg, int64_t gs,
                                             int64_t lo, int64_t hi);
+// int8_encoder.cpp
+std::vector<torch::Tensor> int8_bert_encoder(const torch::Tensor& hidden, const torch::Tensor& mask,
+                                             const std::vector<torch::Tensor>& weights, const std::vector<double>& eps,
+                                             int64_t heads, double scaling, bool amx);

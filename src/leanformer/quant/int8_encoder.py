@@ -1,0 +1,103 @@
+"""A W8A8 BERT encoder's layers in one native call: the step after ``int8_layer``, for an encoder whose every layer
+would take ``run_int8_layer``'s sequence of native calls with W8A8 weights.
+
+Why: once the products run near the VNNI kernel's peak, the Python between them is what is left to cut. In a
+1-thread batch-32 MiniLM W8A8 forward on the Zen 4 VM, the layers spent ~0.35 ms each outside the native ops
+(plan checks, op wrappers, tensor views), although the same Python takes ~0.1 ms when timed alone: inside the model
+each product has just pushed the interpreter's objects out of cache. At 2 threads the products halve and the Python
+does not. ``csrc/int8_encoder.cpp`` makes ``run_int8_layer``'s calls for all the layers in C++, so a forward pays for
+one plan check per layer and one call.
+
+What it computes is what ``run_int8_layer`` computes layer after layer, bit for bit (tested with ``torch.equal``):
+the same kernels with the same operands in the same order (the file's header lists them). It applies only where
+each layer's own path would be ``run_int8_layer`` with W8A8 weights (``int8_layer_plan``, with the q/k/v weights
+stacked) and with the short attention kernel, for a plain encoder call (no cache, cross-attention, extra outputs or
+hooks on the layers), with all layers sharing the attention's head count and scale. Where a step meets a NaN or an
+inf, the native call stops and the layers run their own path from the start (the same outputs). W4A8 layers keep
+``run_int8_layer``. ``set_policy(int8_encoder=False)`` turns it off.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .amx import amx_int8_available
+from .attention import MAX_KEYS
+from .int8_layer import _hooked, _stacked_qkv_weight, int8_layer_plan
+from .kernels import _amx_packed, _w8a8_scale, get_policy, native_ops_for
+
+__all__ = ["int8_encoder_weights", "run_int8_encoder"]
+
+_NO_TENSOR = torch.empty(0)
+
+
+def _mask_operand(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The attention mask as ``short_attention`` hands it to its kernel (empty for none), or None where the short
+    kernel would not take it (``attention.short_attention_applies``: SDPA would run the attention)."""
+    if mask is None:
+        return _NO_TENSOR
+    if mask.dtype not in (torch.bool, torch.float32) or mask.requires_grad or mask.device.type != "cpu":
+        return None
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask if mask.stride(-1) == 1 else mask.contiguous()
+
+
+def _linear(mod) -> list[torch.Tensor]:
+    """A W8A8 QuantizedLinear's packed weight, column scales and bias, as ``amx.run_amx_int8`` hands them over."""
+    bias = mod.bias
+    return [_amx_packed(mod), _w8a8_scale(mod).view(-1), _NO_TENSOR if bias is None else bias.contiguous()]
+
+
+def int8_encoder_weights(layers, hidden_states: torch.Tensor):
+    """(weights, eps, heads, scaling) for ``int8_bert_encoder`` (16 tensors and two eps per layer, in the order of
+    ``csrc/int8_encoder.cpp``), or None unless every layer would run ``run_int8_layer`` on W8A8 weights with the
+    short attention kernel, and all share the attention's heads and scale."""
+    weights: list[torch.Tensor] = []
+    eps: list[float] = []
+    shape = None
+    for layer in layers:
+        if _hooked(layer) or not layer._shortcut_applies(None, None, None, {}):
+            return None
+        plan = int8_layer_plan(layer, hidden_states)
+        if plan is None:
+            return None
+        sa = plan.attention
+        mods = (sa.query, sa.key, sa.value)
+        stacked = _stacked_qkv_weight(mods)  # None unless all three are W8A8
+        blocks = (plan.self_output.dense, plan.intermediate, plan.output.dense)
+        if (stacked is None or any(m.bits != 8 for m in blocks) or getattr(sa, "is_causal", False)
+                or any(m.out_features != hidden_states.shape[-1] for m in mods)):
+            return None
+        if shape is None:
+            shape = (sa.num_attention_heads, sa.scaling)
+        elif shape != (sa.num_attention_heads, sa.scaling):
+            return None
+        qkv_bias = _NO_TENSOR if sa.query.bias is None else torch.cat([m.bias for m in mods])  # read per call
+        attended, out = plan.self_output, plan.output
+        weights += [*stacked, qkv_bias,
+                    *_linear(attended.dense), attended.LayerNorm.weight, attended.LayerNorm.bias,
+                    *_linear(plan.intermediate),
+                    *_linear(out.dense), out.LayerNorm.weight, out.LayerNorm.bias]
+        eps += [float(attended.LayerNorm.eps), float(out.LayerNorm.eps)]
+    if shape is None:
+        return None
+    return weights, eps, shape[0], float(shape[1])
+
+
+def run_int8_encoder(layers: nn.ModuleList, hidden_states: torch.Tensor,
+                     attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The last layer's output for (B, S, H) ``hidden_states`` run through ``layers`` in one native call, or None
+    where that call does not apply (see above) or stopped at a NaN or an inf: the caller then runs the layers."""
+    if not get_policy().int8_encoder or hidden_states.dim() != 3 or hidden_states.shape[1] > MAX_KEYS:
+        return None
+    ops = native_ops_for(hidden_states)
+    mask = _mask_operand(attention_mask)
+    if ops is None or mask is None or not hasattr(ops, "int8_bert_encoder"):
+        return None
+    found = int8_encoder_weights(layers, hidden_states)
+    if found is None:
+        return None
+    weights, eps, heads, scaling = found
+    out, done = ops.int8_bert_encoder(hidden_states, mask, weights, eps, heads, scaling, amx_int8_available())
+    return out if bool(done) else None
