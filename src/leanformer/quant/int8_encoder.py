@@ -44,42 +44,68 @@ def _mask_operand(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _linear(mod) -> list[torch.Tensor]:
-    """A W8A8 QuantizedLinear's packed weight, column scales and bias, as ``amx.run_amx_int8`` hands them over."""
-    bias = mod.bias
-    return [_amx_packed(mod), _w8a8_scale(mod).view(-1), _NO_TENSOR if bias is None else bias.contiguous()]
+    """A W8A8 QuantizedLinear's packed weight, column scales and bias, as ``amx.run_amx_int8`` hands them over (the
+    first two held in its kernel cache, the bias read per call)."""
+    packed, scale = mod.kernel_cache(_OPERANDS, lambda: (_amx_packed(mod), _w8a8_scale(mod).view(-1)))
+    bias = mod._buffers["bias"]
+    return [packed, scale, _NO_TENSOR if bias is None else bias.contiguous()]
+
+
+def _qkv_bias(mods) -> torch.Tensor:
+    """The query, key and value biases concatenated (3N,), as ``int8_layer._query_key_value`` does per call; kept in
+    the query's kernel cache while the three are the same tensors at the same version (an in-place edit bumps it)."""
+    biases = [m._buffers["bias"] for m in mods]
+    if biases[0] is None:
+        return _NO_TENSOR
+    if any(b.is_inference() for b in biases):  # no version counter to tell an edit by
+        return torch.cat(biases)
+    key = tuple((b, b._version) for b in biases)
+    entry = mods[0]._cache.get(_QKV_BIAS)
+    if entry is None or any(a is not b or u != v for (a, u), (b, v) in zip(entry[0], key)):
+        entry = (key, torch.cat(biases))
+        mods[0]._cache[_QKV_BIAS] = entry
+    return entry[1]
+
+
+_OPERANDS, _QKV_BIAS = "w8a8_encoder_operands", "w8a8_encoder_qkv_bias"  # kernel-cache keys
 
 
 def int8_encoder_weights(layers, hidden_states: torch.Tensor):
     """(weights, eps, heads, scaling) for ``int8_bert_encoder`` (16 tensors and two eps per layer, in the order of
     ``csrc/int8_encoder.cpp``), or None unless every layer would run ``run_int8_layer`` on W8A8 weights with the
-    short attention kernel, and all share the attention's heads and scale."""
+    short attention kernel, and all share the attention's heads and scale. (Children and tensors are read from the
+    modules' own dicts: nn.Module's attribute lookup costs ~1 us, ~40 of them per layer.)"""
     weights: list[torch.Tensor] = []
     eps: list[float] = []
     shape = None
+    width = hidden_states.shape[-1]
     for layer in layers:
         if _hooked(layer) or not layer._shortcut_applies(None, None, None, {}):
             return None
         plan = int8_layer_plan(layer, hidden_states)
         if plan is None:
             return None
-        sa = plan.attention
-        mods = (sa.query, sa.key, sa.value)
+        sa, attended, out = plan.attention, plan.self_output, plan.output
+        children = sa._modules
+        mods = (children["query"], children["key"], children["value"])
+        dense = (attended._modules["dense"], plan.intermediate, out._modules["dense"])
+        if (any(m.bits != 8 for m in dense) or any(m.out_features != width for m in mods)
+                or sa.__dict__.get("is_causal", False)):
+            return None
         stacked = _stacked_qkv_weight(mods)  # None unless all three are W8A8
-        blocks = (plan.self_output.dense, plan.intermediate, plan.output.dense)
-        if (stacked is None or any(m.bits != 8 for m in blocks) or getattr(sa, "is_causal", False)
-                or any(m.out_features != hidden_states.shape[-1] for m in mods)):
+        if stacked is None:
             return None
+        heads = (sa.__dict__["num_attention_heads"], sa.__dict__["scaling"])
         if shape is None:
-            shape = (sa.num_attention_heads, sa.scaling)
-        elif shape != (sa.num_attention_heads, sa.scaling):
+            shape = heads
+        elif shape != heads:
             return None
-        qkv_bias = _NO_TENSOR if sa.query.bias is None else torch.cat([m.bias for m in mods])  # read per call
-        attended, out = plan.self_output, plan.output
-        weights += [*stacked, qkv_bias,
-                    *_linear(attended.dense), attended.LayerNorm.weight, attended.LayerNorm.bias,
-                    *_linear(plan.intermediate),
-                    *_linear(out.dense), out.LayerNorm.weight, out.LayerNorm.bias]
-        eps += [float(attended.LayerNorm.eps), float(out.LayerNorm.eps)]
+        norms = (attended._modules["LayerNorm"], out._modules["LayerNorm"])
+        weights += [*stacked, _qkv_bias(mods),
+                    *_linear(dense[0]), norms[0]._parameters["weight"], norms[0]._parameters["bias"],
+                    *_linear(dense[1]),
+                    *_linear(dense[2]), norms[1]._parameters["weight"], norms[1]._parameters["bias"]]
+        eps += [float(norms[0].eps), float(norms[1].eps)]
     if shape is None:
         return None
     return weights, eps, shape[0], float(shape[1])
