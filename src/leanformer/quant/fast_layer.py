@@ -36,18 +36,21 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
-from transformers.models.bert.modeling_bert import BertAttention, BertEncoder, BertLayer, BertSelfAttention
+from transformers.models.bert.modeling_bert import (BertAttention, BertEmbeddings, BertEncoder, BertLayer,
+                                                    BertSelfAttention)
 
 from .attention import ATTENTION_NAME, _hf_attention
+from .fast_embeddings import FastBertEmbeddings
 from .int8_encoder import run_int8_encoder
 from .int8_layer import _hooked, int8_layer_plan, run_int8_layer
 from .kernels import get_policy
 
-__all__ = ["FastBertLayer", "FastBertEncoder", "use_fast_layers_", "fast_layers_supported"]
+__all__ = ["FastBertLayer", "FastBertEncoder", "FastBertEmbeddings", "use_fast_layers_", "fast_layers_supported"]
 
 _LAYER_PARAMS = ("self", "hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "cache",
                  "kwargs")
 _SELF_ATTENTION_PARAMS = ("self", "hidden_states", "attention_mask", "cache", "kwargs")
+_EMBEDDINGS_PARAMS = ("self", "input_ids", "token_type_ids", "position_ids", "inputs_embeds", "cache_length")
 _ENCODER_PARAMS = ("self", "hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
                    "cache", "use_cache", "kwargs")
 
@@ -64,6 +67,11 @@ def fast_layers_supported() -> bool:
 def fast_encoder_supported() -> bool:
     """True when this transformers' BERT encoder has the call signature ``FastBertEncoder`` copies."""
     return fast_layers_supported() and _params(BertEncoder.forward) == _ENCODER_PARAMS
+
+
+def fast_embeddings_supported() -> bool:
+    """True when this transformers' BERT embeddings have the call signature ``FastBertEmbeddings`` copies."""
+    return _params(BertEmbeddings.forward) == _EMBEDDINGS_PARAMS
 
 
 def _global_hooks() -> bool:
@@ -127,17 +135,19 @@ class FastBertEncoder(BertEncoder):
 
 
 def use_fast_layers_(model: nn.Module) -> list[str]:
-    """Turn every ``BertLayer`` of ``model`` (exactly that class) into a ``FastBertLayer``, and every
-    ``BertEncoder`` into a ``FastBertEncoder``, in place, when the model runs leanformer's short attention and
+    """Turn every ``BertLayer`` of ``model`` (exactly that class) into a ``FastBertLayer``, every ``BertEncoder``
+    into a ``FastBertEncoder`` and every ``BertEmbeddings`` into a ``FastBertEmbeddings``, in place, when the model runs leanformer's short attention and
     transformers' signatures match; returns the layers' names."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != ATTENTION_NAME or not fast_layers_supported():
         return []
     names = []
-    encoders = fast_encoder_supported()
+    encoders, embeddings = fast_encoder_supported(), fast_embeddings_supported()
     for name, mod in model.named_modules():
         if type(mod) is BertEncoder and encoders:
             mod.__class__ = FastBertEncoder
+        elif type(mod) is BertEmbeddings and embeddings:
+            mod.__class__ = FastBertEmbeddings
         elif type(mod) is BertLayer:
             mod.__class__ = FastBertLayer
             names.append(name)

@@ -57,6 +57,8 @@ std::vector<torch::Tensor> residual_layer_norm(const torch::Tensor& x, const tor
 // embedding_rows.cpp
 torch::Tensor embedding_rows(const torch::Tensor& codes, const torch::Tensor& scale, const torch::Tensor& zero,
                              const torch::Tensor& ids);
+torch::Tensor embedding_sum(const std::vector<torch::Tensor>& codes, const std::vector<torch::Tensor>& scale,
+                            const std::vector<torch::Tensor>& zero, const std::vector<torch::Tensor>& ids);
 // w4a8_unpack.cpp
 torch::Tensor unpack_w4a8(const torch::Tensor& codes, const torch::Tensor& zero, const torch::Tensor& scale,
                           const torch::Tensor& inv, int64_t group_size);

@@ -335,5 +335,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_w4a8_linear", &amx_w4a8_linear, "int8 x int4 (unpacked to int8 per call) on AMX tiles, as amx_int8_linear");
   m.def("ant_alpha_events", &ant_alpha_events, "ANT search: thresholds passed and crossing histograms, one sweep");
   m.def("int8_bert_encoder", &int8_bert_encoder, "W8A8 BERT encoder layers, one after another (run_int8_layer's calls)");
+  m.def("embedding_sum", &embedding_sum, "the sum of one dequantized row of each 8-bit table per token (fused)");
   m.def("embedding_rows", &embedding_rows, "rows of an 8-bit embedding table, dequantized as they are gathered");
 }
