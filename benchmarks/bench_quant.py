@@ -121,6 +121,9 @@ METHODS = {  # name -> (provider, description, function model -> model)
     "w8a8_module_calls": ("leanformer", "w8a8 with each BERT layer's modules called one by one instead of the "
                                         "fused-int8 layer sequence (set_policy(int8_layers=False))",
                           _policy(_ours(W8A8Config(), EMB8), int8_layers=False)),
+    "w8a8_layer_calls": ("leanformer", "w8a8 with each BERT layer's native sequence called from Python instead of "
+                                       "the whole encoder in one native call (set_policy(int8_encoder=False))",
+                         _policy(_ours(W8A8Config(), EMB8), int8_encoder=False)),
     "w8a8_stock_attention": ("leanformer", "w8a8 with torch's SDPA attention (short_attention=False)",
                              _ours(W8A8Config(short_attention=False), EMB8)),
     "w4g64_stock_attention": ("leanformer", "w4g64 with torch's SDPA attention (short_attention=False)",

@@ -24,6 +24,10 @@ Where every product of the layer runs on the fused int8 kernel (W8A8 / W4A8 with
 one step further: ``int8_layer.run_int8_layer`` calls the kernels themselves, without the modules (bit-identical;
 ``set_policy(int8_layers=False)`` keeps the module calls).
 
+Two more swaps ride along (each with its own conditions and bit-identical outputs): ``FastBertEncoder``, which runs
+a W8A8 encoder's layers in one native call (``int8_encoder``; ``set_policy(int8_encoder=False)``), and
+``FastBertEmbeddings`` (``fast_embeddings``), which sums the three 8-bit embedding lookups in one native pass.
+
 The swap is a class change of the existing layer object (its children, parameters and state dict are
 untouched), done only where transformers' ``BertLayer`` and ``BertSelfAttention`` have the signatures this was
 written against; other versions keep their layers as they are.
@@ -136,8 +140,8 @@ class FastBertEncoder(BertEncoder):
 
 def use_fast_layers_(model: nn.Module) -> list[str]:
     """Turn every ``BertLayer`` of ``model`` (exactly that class) into a ``FastBertLayer``, every ``BertEncoder``
-    into a ``FastBertEncoder`` and every ``BertEmbeddings`` into a ``FastBertEmbeddings``, in place, when the model runs leanformer's short attention and
-    transformers' signatures match; returns the layers' names."""
+    into a ``FastBertEncoder`` and every ``BertEmbeddings`` into a ``FastBertEmbeddings``, in place, when the model
+    runs leanformer's short attention and transformers' signatures match; returns the layers' names."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != ATTENTION_NAME or not fast_layers_supported():
         return []
