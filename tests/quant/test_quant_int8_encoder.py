@@ -202,14 +202,14 @@ def test_a_loaded_checkpoint_takes_the_encoder_call(tmp_path, calls):
 def test_a_bias_changed_in_place_is_read_by_the_next_call(calls):
     model = _bert(1)
     quantize_(model, W8A8Config())
-    before = _outputs(model, input_ids=IDS, attention_mask=MASK)
-    with torch.no_grad():
-        model.encoder.layer[0].attention.self.value.bias.add_(0.5)  # the stacked q/k/v bias is rebuilt per call
-    fast = _outputs(model, input_ids=IDS, attention_mask=MASK)
-    set_policy(int8_encoder=False, int8_layers=False)
-    slow = _outputs(model, input_ids=IDS, attention_mask=MASK)
-    assert calls == ["encoder", "encoder"] and not torch.equal(fast[0], before[0])
-    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    before = _paths(model, input_ids=IDS, attention_mask=MASK)
+    with torch.no_grad():  # the stacked q/k/v bias is kept while the three biases are unchanged
+        model.encoder.layer[0].attention.self.value.bias.add_(0.5)
+    fast, layers, modules = _paths(model, input_ids=IDS, attention_mask=MASK)
+    assert calls == ["encoder", "layer"] * 2
+    assert not torch.equal(fast[0], before[0][0]) and not torch.equal(layers[0], before[1][0])
+    for a, b, c in zip(fast, layers, modules):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_the_native_call_names_bad_operands():

@@ -23,7 +23,7 @@ from torch import nn
 
 from .amx import amx_int8_available
 from .attention import MAX_KEYS
-from .int8_layer import _hooked, _stacked_qkv_weight, int8_layer_plan
+from .int8_layer import _hooked, _stacked_qkv_bias, _stacked_qkv_weight, int8_layer_plan
 from .kernels import _amx_packed, _w8a8_scale, get_policy, native_ops_for
 
 __all__ = ["int8_encoder_weights", "run_int8_encoder"]
@@ -51,23 +51,7 @@ def _linear(mod) -> list[torch.Tensor]:
     return [packed, scale, _NO_TENSOR if bias is None else bias.contiguous()]
 
 
-def _qkv_bias(mods) -> torch.Tensor:
-    """The query, key and value biases concatenated (3N,), as ``int8_layer._query_key_value`` does per call; kept in
-    the query's kernel cache while the three are the same tensors at the same version (an in-place edit bumps it)."""
-    biases = [m._buffers["bias"] for m in mods]
-    if biases[0] is None:
-        return _NO_TENSOR
-    if any(b.is_inference() for b in biases):  # no version counter to tell an edit by
-        return torch.cat(biases)
-    key = tuple((b, b._version) for b in biases)
-    entry = mods[0]._cache.get(_QKV_BIAS)
-    if entry is None or any(a is not b or u != v for (a, u), (b, v) in zip(entry[0], key)):
-        entry = (key, torch.cat(biases))
-        mods[0]._cache[_QKV_BIAS] = entry
-    return entry[1]
-
-
-_OPERANDS, _QKV_BIAS = "w8a8_encoder_operands", "w8a8_encoder_qkv_bias"  # kernel-cache keys
+_OPERANDS = "w8a8_encoder_operands"  # kernel-cache key
 
 
 def int8_encoder_weights(layers, hidden_states: torch.Tensor):
@@ -101,7 +85,7 @@ def int8_encoder_weights(layers, hidden_states: torch.Tensor):
         elif shape != heads:
             return None
         norms = (attended._modules["LayerNorm"], out._modules["LayerNorm"])
-        weights += [*stacked, _qkv_bias(mods),
+        weights += [*stacked, _stacked_qkv_bias(mods),
                     *_linear(dense[0]), norms[0]._parameters["weight"], norms[0]._parameters["bias"],
                     *_linear(dense[1]),
                     *_linear(dense[2]), norms[1]._parameters["weight"], norms[1]._parameters["bias"]]

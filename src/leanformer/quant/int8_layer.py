@@ -143,8 +143,7 @@ def _query_key_value(ops, sa: nn.Module, xq, xs, batch: int, seq: int):
         return [_amx_int8_product(ops, m, xq, xs, m.bias, 0, False).view(batch, seq, -1, sa.attention_head_size)
                 for m in mods]
     packed, scale = stacked
-    bias = None if mods[0].bias is None else torch.cat([m.bias for m in mods])  # read per call, as the modules do
-    y = run_amx_int8(ops, xq, xs, packed, scale, bias, 0, False)  # (M, 3N)
+    y = run_amx_int8(ops, xq, xs, packed, scale, _stacked_qkv_bias(mods), 0, False)  # (M, 3N); empty: no bias
     return y.view(batch, seq, 3, -1, sa.attention_head_size).unbind(2)
 
 
@@ -167,7 +166,26 @@ def _stacked_qkv_weight(mods) -> tuple[torch.Tensor, torch.Tensor] | None:
     return entry[1]
 
 
-_QKV_STACKED, _QKV_TOKEN = "w8a8_qkv_stacked", "w8a8_qkv_token"  # kernel-cache keys (query; key and value)
+def _stacked_qkv_bias(mods) -> torch.Tensor:
+    """The query, key and value biases concatenated (3N,) for the stacked product, or an empty tensor where they have
+    none. The modules' biases are read on every call, as the modules' own forwards do; the concatenation is kept in
+    the query's kernel cache while the three are the same tensors at the same version (an in-place edit bumps it)."""
+    biases = [m._buffers["bias"] for m in mods]
+    if biases[0] is None:
+        return _NO_BIAS
+    if any(b.is_inference() for b in biases):  # no version counter to tell an edit by
+        return torch.cat(biases)
+    key = tuple((b, b._version) for b in biases)
+    entry = mods[0]._cache.get(_QKV_BIAS)
+    if entry is None or any(a is not b or u != v for (a, u), (b, v) in zip(entry[0], key)):
+        entry = (key, torch.cat(biases))
+        mods[0]._cache[_QKV_BIAS] = entry
+    return entry[1]
+
+
+_NO_BIAS = torch.empty(0)
+# kernel-cache keys (the query's; the key's and value's token)
+_QKV_STACKED, _QKV_BIAS, _QKV_TOKEN = "w8a8_qkv_stacked", "w8a8_qkv_bias", "w8a8_qkv_token"
 
 
 def _intermediate_codes(ops, inter: QuantizedLinear, xq, xs) -> tuple[torch.Tensor, torch.Tensor]:

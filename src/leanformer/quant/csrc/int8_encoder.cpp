@@ -70,11 +70,13 @@ std::vector<torch::Tensor> int8_bert_encoder(const torch::Tensor& hidden, const 
   const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2), M = B * S;
   TORCH_CHECK(heads > 0 && H % heads == 0, "int8_bert_encoder: ", heads, " heads do not divide the hidden size ", H);
   const Int8Kernels kernels{amx};
-  const std::vector<torch::Tensor> stopped{torch::empty({0}, hidden.options()), torch::scalar_tensor(false, torch::kBool)};
+  const auto stopped = [&] {
+    return std::vector<torch::Tensor>{torch::empty({0}, hidden.options()), torch::scalar_tensor(false, torch::kBool)};
+  };
 
   torch::Tensor x = hidden.view({M, H});
   auto in = quantize_rows(x);  // {codes (M, H), scale (M, 1), finite}
-  if (!finite(in[2])) return stopped;
+  if (!finite(in[2])) return stopped();
   torch::Tensor xq = in[0], xs = in[1];
   for (int64_t l = 0; l < layers; ++l) {
     const torch::Tensor* w = weights.data() + l * kPerLayer;
@@ -83,13 +85,13 @@ std::vector<torch::Tensor> int8_bert_encoder(const torch::Tensor& hidden, const 
     const torch::Tensor context = short_attention(qkv.select(2, 0).transpose(1, 2), qkv.select(2, 1).transpose(1, 2),
                                                   qkv.select(2, 2).transpose(1, 2), mask, scaling);  // (B, S, heads, D)
     auto cq = quantize_rows(context.view({M, H}));
-    if (!finite(cq[2])) return stopped;
+    if (!finite(cq[2])) return stopped();
     auto attended = kernels.norm(cq[0], cq[1], w + 3, x, eps[2 * l]);  // {out, codes, scale, finite}
-    if (!finite(attended[3])) return stopped;
+    if (!finite(attended[3])) return stopped();
     auto ffn = kernels.gelu_codes(attended[1], attended[2], w + 8);  // {(0, N), codes, scale, finite}
-    if (!finite(ffn[3])) return stopped;
+    if (!finite(ffn[3])) return stopped();
     auto y = kernels.norm(ffn[1], ffn[2], w + 11, attended[0], eps[2 * l + 1]);
-    if (!finite(y[3])) return stopped;
+    if (!finite(y[3])) return stopped();
     x = y[0];
     xq = y[1];
     xs = y[2];
