@@ -23,7 +23,7 @@ from torch import nn
 from .native import native_ops, required_native_ops
 
 __all__ = ["ATTENTION_NAME", "MAX_KEYS", "ABS_BOUND", "short_attention", "reference_attention", "use_short_attention_",
-           "short_attention_applies", "register_attention", "padding_mask"]
+           "short_attention_applies", "register_attention", "padding_mask", "kernel_mask"]
 
 ATTENTION_NAME = "leanformer_short"  # the attention implementation name registered with transformers
 MAX_KEYS = 256  # longer sequences keep torch's flash kernel, which tiles the keys
@@ -54,16 +54,20 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 4:
             raise ValueError(f"short_attention: {name} must be a 4-D float32 CPU tensor, got {tuple(t.shape)} "
                              f"{t.dtype} on {t.device}")
-    if mask is not None:
-        if mask.dtype not in (torch.bool, torch.float32):
-            raise ValueError(f"short_attention: mask must be bool or float32, got {mask.dtype}")
-        while mask.dim() < 4:
-            mask = mask.unsqueeze(0)
-        if mask.stride(-1) != 1:
-            mask = mask.contiguous()
+    if mask is not None and mask.dtype not in (torch.bool, torch.float32):
+        raise ValueError(f"short_attention: mask must be bool or float32, got {mask.dtype}")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return ops.short_attention(q, k, v, _NO_MASK if mask is None else mask,
-                               q.shape[-1] ** -0.5 if scale is None else float(scale))
+    return ops.short_attention(q, k, v, kernel_mask(mask), q.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+def kernel_mask(mask: torch.Tensor | None) -> torch.Tensor:
+    """A mask as the native kernel takes it: 4-D (leading size-1 dimensions added) with unit stride along the keys,
+    or an empty tensor for no mask."""
+    if mask is None:
+        return _NO_MASK
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask if mask.stride(-1) == 1 else mask.contiguous()
 
 
 def short_attention_applies(module: nn.Module, q, k, v, mask, dropout: float, kwargs: dict) -> bool:

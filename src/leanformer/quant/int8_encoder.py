@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .amx import amx_int8_available
-from .attention import MAX_KEYS
+from .attention import MAX_KEYS, kernel_mask
 from .int8_layer import _hooked, _stacked_qkv_bias, _stacked_qkv_weight, int8_layer_plan
 from .kernels import _amx_packed, _w8a8_scale, get_policy, native_ops_for
 
@@ -34,13 +34,10 @@ _NO_TENSOR = torch.empty(0)
 def _mask_operand(mask: torch.Tensor | None) -> torch.Tensor | None:
     """The attention mask as ``short_attention`` hands it to its kernel (empty for none), or None where the short
     kernel would not take it (``attention.short_attention_applies``: SDPA would run the attention)."""
-    if mask is None:
-        return _NO_TENSOR
-    if mask.dtype not in (torch.bool, torch.float32) or mask.requires_grad or mask.device.type != "cpu":
+    if mask is not None and (mask.dtype not in (torch.bool, torch.float32) or mask.requires_grad
+                             or mask.device.type != "cpu"):
         return None
-    while mask.dim() < 4:
-        mask = mask.unsqueeze(0)
-    return mask if mask.stride(-1) == 1 else mask.contiguous()
+    return kernel_mask(mask)
 
 
 def _linear(mod) -> list[torch.Tensor]:

@@ -62,19 +62,11 @@ inline void row_codes(const float* row, int64_t cols, float inv, int8_t* out) {
   }
 }
 
-// One row: codes and scale = max(|x|, 1e-8) / 127, the eager quantize_per_token's arithmetic; false (and nothing
-// written) when the row holds a NaN or an inf, so that callers can fall back to the eager path's behaviour.
-inline bool quantize_row(const float* row, int64_t cols, int8_t* codes, float* scale) {
+// max |x| of a finite row in `absmax`; false when the row holds a NaN or an inf
+inline bool row_absmax(const float* row, int64_t cols, float& absmax) {
   const uint32_t bits = row_absmax_bits(row, cols);
-  if (bits >= 0x7F800000u) return false;
-  float absmax;
   std::memcpy(&absmax, &bits, sizeof absmax);
-  absmax = absmax > 1e-8f ? absmax : 1e-8f;
-  // the eager code writes 127.0 / absmax, which torch evaluates as reciprocal(absmax) * 127 (two roundings)
-  const float inv = (1.f / absmax) * 127.f;
-  row_codes(row, cols, inv, codes);
-  *scale = absmax / 127.f;
-  return true;
+  return bits < 0x7F800000u;
 }
 #else
 inline void row_absmax_probe(const float* row, int64_t cols, float& absmax, float& probe) {
@@ -94,15 +86,24 @@ inline void row_codes(const float* row, int64_t cols, float inv, int8_t* out) {
   for (int64_t k = 0; k < cols; ++k) out[k] = static_cast<int8_t>(std::nearbyint(row[k] * inv));
 }
 
-// quantize_row as above; the probe, sum(x * 0), is NaN iff the row holds a NaN or an inf
-inline bool quantize_row(const float* row, int64_t cols, int8_t* codes, float* scale) {
-  float absmax, probe;
+// max |x| of a finite row in `absmax`; false when the row holds a NaN or an inf (the probe, sum(x * 0), is NaN
+// iff it does)
+inline bool row_absmax(const float* row, int64_t cols, float& absmax) {
+  float probe;
   row_absmax_probe(row, cols, absmax, probe);
-  if (!(probe == 0.f)) return false;
+  return probe == 0.f;
+}
+#endif
+
+// One row: codes and scale = max(|x|, 1e-8) / 127, the eager quantize_per_token's arithmetic; false (and nothing
+// written) when the row holds a NaN or an inf, so that callers can fall back to the eager path's behaviour.
+inline bool quantize_row(const float* row, int64_t cols, int8_t* codes, float* scale) {
+  float absmax;
+  if (!row_absmax(row, cols, absmax)) return false;
   absmax = absmax > 1e-8f ? absmax : 1e-8f;
+  // the eager code writes 127.0 / absmax, which torch evaluates as reciprocal(absmax) * 127 (two roundings)
   const float inv = (1.f / absmax) * 127.f;
   row_codes(row, cols, inv, codes);
   *scale = absmax / 127.f;
   return true;
 }
-#endif
